@@ -1,0 +1,1 @@
+"""Model loading, DPO / RLAIF trainers and the shipped accelerate / DeepSpeed configs."""

@@ -1,0 +1,1 @@
+"""YAML recipes and the runner / CLI that chains the stages."""

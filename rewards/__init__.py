@@ -1,0 +1,1 @@
+"""Everything that scores a response: AI-feedback judges and hallucination metrics."""
