@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 import time
@@ -17,7 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-SECRET_KEY_MARKERS = ("api_key", "apikey", "secret", "token", "password")
+# Key names that hold credentials (not e.g. `max_new_tokens` or `prompt_tokens`).
+SECRET_KEY_RE = re.compile(r"(api_?key|secret|password|passwd|access_token|auth_token|hf_token|^token$|bearer)")
 TRACKED_PACKAGES = ("halign", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "openai")
 
 
@@ -151,7 +153,7 @@ def check_no_secrets(config: Any, where: str = "config") -> None:
     if isinstance(config, dict):
         for key, value in config.items():
             lowered = str(key).lower()
-            if any(m in lowered for m in SECRET_KEY_MARKERS) and value and not lowered.endswith("_env"):
+            if SECRET_KEY_RE.search(lowered) and value and not lowered.endswith("_env"):
                 raise ValueError(f"{where}.{key} looks like a secret and would be written to disk; "
                                  f"pass the name of an environment variable instead (e.g. {key}_env)")
             check_no_secrets(value, f"{where}.{key}")

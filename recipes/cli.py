@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("halign.align.train_cli", "DPO training on preference pairs (LoRA or full)"),
     "rlaif": ("halign.align.rlaif", "iterative RLAIF: sample, judge, pair, train, evaluate for R rounds"),
     "export": ("halign.align.export", "merge LoRA adapters into a standalone checkpoint"),
-    "eval": ("halign.rewards.eval_cli", "generate with a checkpoint, then score a hallucination benchmark"),
+    "eval": ("halign.recipes.evaluate", "generate with a checkpoint, then score a hallucination benchmark"),
     "score": ("halign.rewards.score_cli", "score existing responses: chair, pope, amber, mmhal"),
     "compare": ("halign.recipes.compare", "compare reports: table, confidence intervals, plot, per-item diff"),
     "run": ("halign.recipes.runner", "run a recipe YAML, skipping stages whose inputs are unchanged"),

@@ -1,0 +1,148 @@
+"""DPO on preference pairs through `trl.DPOTrainer`, with LoRA (peft) or full-parameter training.
+
+The config is TRL's own: `dpo` holds `DPOConfig` field names, `peft` holds `LoraConfig` field names and
+`peft: null` means full fine-tuning. Unknown keys fail at start-up, naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from halign.data_gen.io import ensure_writable_dir, write_json, write_manifest
+
+# LoRA on the language model's attention and MLP projections (Llama, Qwen, Mistral, Gemma naming).
+# The vision tower and projector stay frozen, as most VLM preference-tuning recipes do.
+DEFAULT_LORA = {
+    "r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "bias": "none",
+    "target_modules": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+}
+DEFAULT_DPO = {
+    "beta": 0.1, "learning_rate": 5e-4, "num_train_epochs": 2, "per_device_train_batch_size": 16,
+    "gradient_accumulation_steps": 1, "lr_scheduler_type": "linear", "warmup_steps": 5, "logging_steps": 10,
+    "loss_type": ["sigmoid"], "seed": 0, "max_length": None, "gradient_checkpointing": False,
+}
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    pairs: str
+    output_dir: str
+    dpo: dict = field(default_factory=dict)  # DPOConfig overrides
+    peft: dict | None = field(default_factory=dict)  # LoraConfig overrides; None = full fine-tuning
+    dtype: str = "float32"
+
+    def dpo_args(self) -> dict:
+        return {**DEFAULT_DPO, **self.dpo}
+
+    def lora_args(self) -> dict | None:
+        return None if self.peft is None else {**DEFAULT_LORA, **self.peft}
+
+
+def _check_keys(kind: str, given: dict, cls) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"unknown {kind} key(s): {', '.join(unknown)} (they must be {cls.__name__} field names)")
+
+
+def make_dpo_config(cfg: TrainConfig, output_dir: Path):
+    from trl import DPOConfig
+
+    args = cfg.dpo_args()
+    _check_keys("dpo", args, DPOConfig)
+    # Things halign owns: where files go, and no surprise uploads or trackers.
+    args.setdefault("report_to", "none")
+    args.update(output_dir=str(output_dir), save_strategy="no", remove_unused_columns=False)
+    args.setdefault("dataloader_num_workers", 0)
+    # trl defaults to bf16, which a CPU cannot do: use it only where the hardware has it.
+    import torch
+
+    args.setdefault("bf16", bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()))
+    return DPOConfig(**args)
+
+
+def make_lora_config(cfg: TrainConfig):
+    lora = cfg.lora_args()
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    _check_keys("peft", lora, LoraConfig)
+    return LoraConfig(task_type="CAUSAL_LM", **lora)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train on the pairs dataset; returns the output folder (a LoRA adapter or a full checkpoint)."""
+    import datasets
+    import transformers
+    from trl import DPOTrainer
+
+    from halign.align.model import load_policy
+
+    started = time.time()
+    out = ensure_writable_dir(cfg.output_dir)
+    dpo_config = make_dpo_config(cfg, out / "trainer")
+    dpo_config.disable_tqdm = not progress
+    lora_config = make_lora_config(cfg)
+    pairs_path = Path(cfg.pairs)
+    if not pairs_path.exists():
+        raise FileNotFoundError(f"pairs dataset not found: {pairs_path}")
+    dataset = datasets.load_from_disk(str(pairs_path))
+    keep = ["images", "prompt", "chosen", "rejected"]
+    missing = [k for k in keep if k not in dataset.column_names]
+    if missing:
+        raise ValueError(f"pairs dataset {pairs_path} lacks column(s) {missing}")
+    dataset = dataset.select_columns(keep)
+    transformers.set_seed(dpo_config.seed)
+    model, processor = load_policy(cfg.model, cfg.dtype)
+    model.train()
+    trainer = DPOTrainer(model=model, args=dpo_config, train_dataset=dataset, processing_class=processor,
+                         peft_config=lora_config)
+    result = trainer.train()
+    trainer.save_model(str(out))
+    processor.save_pretrained(str(out))
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    write_json(out / "train_log.json", trainer.state.log_history)
+    write_manifest(out, "train", dataclasses.asdict(cfg), {"pairs": pairs_path}, started, extra={
+        "train_runtime": result.metrics.get("train_runtime"), "steps": trainer.state.global_step,
+        "final_loss": history[-1]["loss"] if history else None, "pairs": len(dataset),
+        "mode": "lora" if lora_config else "full",
+    })
+    return out
+
+
+def parse_value(text: str):
+    """CLI override values: YAML scalars and lists (`1e-4`, `true`, `[sigmoid,sft]`)."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--pairs", required=True, help="pairs dataset folder (output of `halign pairs`)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--full", action="store_true", help="full-parameter training (peft: null)")
+    parser.add_argument("overrides", nargs="*", help="dpo.KEY=VALUE or peft.KEY=VALUE")
+
+
+def main(args: argparse.Namespace) -> int:
+    dpo, peft = {}, ({} if not args.full else None)
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"override {item!r} must look like dpo.KEY=VALUE or peft.KEY=VALUE")
+        section, name = key.split(".", 1)
+        if section == "dpo":
+            dpo[name] = parse_value(value)
+        elif section == "peft" and peft is not None:
+            peft[name] = parse_value(value)
+        else:
+            raise ValueError(f"override {item!r}: unknown section {section!r} (or peft.* with --full)")
+    print(train(TrainConfig(model=args.model, pairs=args.pairs, output_dir=args.out, dpo=dpo, peft=peft)))
+    return 0

@@ -1,0 +1,178 @@
+"""Sampling: K candidate answers per prompt with a checkpoint (batched Hugging Face generate).
+
+Prompts are batched and left-padded (decoder-only generation continues from the right edge), each
+prompt is expanded to K sequences inside `generate` (`num_return_sequences`), identical candidates of a
+prompt are dropped, and `--shard i/n` lets N processes each take every n-th prompt and write their own
+shard file. Greedy decoding (K=1, temperature 0) is the same code path, used by evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from halign.data_gen.io import ensure_writable_dir, read_records, write_jsonl, write_manifest
+
+
+@dataclass
+class SampleConfig:
+    model: str
+    k: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    batch_size: int = 32  # prompts per generate call (each expands to k sequences)
+    seed: int = 0
+    dedupe: bool = True
+    shard: str = "0/1"
+    dtype: str = "float32"
+    device: str | None = None
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError("k must be >= 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must lie in (0, 1]")
+        if self.temperature == 0 and self.k > 1:
+            raise ValueError("greedy decoding (temperature 0) gives one answer: set k=1 or temperature > 0")
+        parse_shard(self.shard)
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {spec!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard index must satisfy 0 <= i < n, got {spec!r}")
+    return index, count
+
+
+def user_messages(record: dict) -> list[dict]:
+    """Chat messages for a prompt record: its `messages`, or one user turn with images then the question."""
+    if record.get("messages"):
+        return [m for m in record["messages"] if m.get("role") != "assistant"]
+    if not record.get("question"):
+        raise ValueError(f"record {record.get('id')!r}: needs 'question' or 'messages'")
+    content = [{"type": "image"} for _ in record.get("images", [])]
+    content.append({"type": "text", "text": record["question"]})
+    return [{"role": "user", "content": content}]
+
+
+def load_images(record: dict) -> list[Image.Image]:
+    images = []
+    for path in record.get("images", []):
+        try:
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"record {record.get('id')!r}: cannot read image {path}: {err}") from None
+    return images
+
+
+@torch.no_grad()
+def generate_texts(model, processor, records: list[dict], k: int = 1, temperature: float = 0.0, top_p: float = 1.0,
+                   max_new_tokens: int = 64, batch_size: int = 32, seed: int = 0, desc: str = "generating",
+                   progress: bool = True) -> list[list[str]]:
+    """K generated answers for every record (in order). temperature 0 means greedy."""
+    from tqdm.auto import tqdm
+
+    tokenizer = processor.tokenizer
+    device = next(model.parameters()).device
+    outputs: list[list[str]] = []
+    bar = tqdm(total=len(records) * k, desc=desc, unit="cand", disable=not progress, mininterval=1.0)
+    for start in range(0, len(records), batch_size):
+        batch = records[start : start + batch_size]
+        texts = [processor.apply_chat_template(user_messages(r), add_generation_prompt=True, tokenize=False)
+                 for r in batch]
+        images = [load_images(r) for r in batch]
+        inputs = processor(images=images if any(images) else None, text=texts, padding=True,
+                           padding_side="left", return_tensors="pt", add_special_tokens=False).to(device)
+        # One seed per batch: reproducible for a given seed, shard and batch size.
+        torch.manual_seed(seed + start)
+        sampling = temperature > 0
+        generated = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=k,
+            temperature=temperature if sampling else None, top_p=top_p if sampling else None,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        decoded = tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        for i in range(len(batch)):
+            outputs.append([t.strip() for t in decoded[i * k : (i + 1) * k]])
+        bar.update(len(batch) * k)
+    bar.close()
+    return outputs
+
+
+def run(cfg: SampleConfig, prompts_path: str | Path, out_dir: str | Path, model=None, processor=None,
+        progress: bool = True) -> Path:
+    """Sample candidates for every readable prompt; returns the candidates file."""
+    from halign.align.model import load_policy
+
+    started = time.time()
+    out_dir = ensure_writable_dir(out_dir)
+    index, count = parse_shard(cfg.shard)
+    prompts = read_records(prompts_path)[index::count]
+    usable, skipped = [], []
+    for rec in prompts:
+        try:
+            if "id" not in rec:
+                raise ValueError("record has no 'id'")
+            user_messages(rec)
+            load_images(rec)
+            usable.append(rec)
+        except ValueError as err:
+            skipped.append({"id": rec.get("id"), "reason": str(err)})
+    if model is None:
+        model, processor = load_policy(cfg.model, cfg.dtype, cfg.device)
+    texts = generate_texts(model, processor, usable, cfg.k, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
+                           cfg.batch_size, cfg.seed, desc="sampling", progress=progress)
+    candidates, duplicates = [], 0
+    params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+              "seed": cfg.seed}
+    for rec, answers in zip(usable, texts):
+        seen = set()
+        for sample_idx, text in enumerate(answers):
+            if cfg.dedupe and text in seen:
+                duplicates += 1
+                continue
+            seen.add(text)
+            candidates.append({"id": f"{rec['id']}#{sample_idx}", "prompt_id": rec["id"], "sample_idx": sample_idx,
+                               "text": text, "params": params, "model": str(cfg.model)})
+    suffix = "" if count == 1 else f".shard-{index}-of-{count}"
+    out = write_jsonl(out_dir / f"candidates{suffix}.jsonl", candidates)
+    write_jsonl(out_dir / f"prompts{suffix}.jsonl", usable)
+    seconds = time.time() - started
+    write_manifest(out_dir, "sample", asdict(cfg), {"prompts": prompts_path}, started, extra={
+        "prompts": len(usable), "skipped": skipped, "candidates": len(candidates), "duplicates_dropped": duplicates,
+        "candidates_per_second": round(len(usable) * cfg.k / seconds, 2) if seconds else None,
+    })
+    if skipped:
+        print(f"sample: skipped {len(skipped)} prompt(s); first: {skipped[0]['id']}: {skipped[0]['reason']}")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint folder or hub id (loaded with the Auto classes)")
+    parser.add_argument("--prompts", required=True, help="prompt records (JSONL or JSON list)")
+    parser.add_argument("--out", required=True, help="output folder")
+    for name in ("k", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "shard", "dtype", "device"):
+        default = SampleConfig.__dataclass_fields__[name].default
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default) if default is not None else str,
+                            default=default)
+    parser.add_argument("--no-dedupe", action="store_true", help="keep identical candidates of a prompt")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = SampleConfig(model=args.model, k=args.k, temperature=args.temperature, top_p=args.top_p,
+                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+                       dedupe=not args.no_dedupe, shard=args.shard, dtype=args.dtype, device=args.device)
+    print(run(cfg, args.prompts, args.out))
+    return 0

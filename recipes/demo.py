@@ -1,0 +1,209 @@
+"""`halign demo`: the whole mission on the toy world, on a CPU, with nothing downloaded.
+
+toy world -> tiny checkpoint (built once, cached) -> scores before -> K sampled candidates per prompt ->
+offline grounding judge -> preference pairs -> DPO with LoRA through trl -> scores after ->
+table, JSON report and PNG plot. Every stage writes its own files and manifest under the run folder,
+through the same functions the stage CLIs use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from halign.data_gen.io import ensure_writable_dir, read_records, write_json, write_jsonl, write_manifest
+
+METRICS = ("chair_s", "chair_i", "recall", "mean_len", "n")
+
+
+@dataclass
+class DemoConfig:
+    out: str = "halign_runs/demo"
+    eval_scenes: int = 300
+    dpo_scenes: int = 600
+    k: int = 8
+    temperature: float = 1.0
+    hallucination_weight: float = 2.0
+    pair_strategy: str = "gap"
+    min_gap: float = 1.0
+    sample_num: int = 2
+    dpo: dict = field(default_factory=lambda: {
+        "beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 2, "per_device_train_batch_size": 16,
+        "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.2],
+    })
+    sft_steps: int | None = None  # None: the standard cached checkpoint
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, out: str) -> "DemoConfig":
+        """A reduced run for tests and smoke checks: minutes become seconds, numbers mean little."""
+        return cls(out=out, eval_scenes=24, dpo_scenes=32, k=4, sft_steps=60,
+                   dpo={"beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 8,
+                        "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.2]})
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
+    from halign.align.dpo import TrainConfig, train
+    from halign.align.model import load_policy
+    from halign.data_gen import toy_world
+    from halign.data_gen.pairs import PairsConfig
+    from halign.data_gen.pairs import run as build_pairs
+    from halign.data_gen.sample import SampleConfig
+    from halign.data_gen.sample import run as sample
+    from halign.data_gen.toy_checkpoint import ToyCheckpointConfig, get_toy_checkpoint
+    from halign.recipes.evaluate import evaluate, toy_metric
+    from halign.rewards.judges.grounding import GroundingJudge
+
+    started = time.time()
+    run_dir = ensure_writable_dir(cfg.out)
+    world = toy_world.ToyWorldConfig(seed=cfg.seed)
+    ckpt_cfg = ToyCheckpointConfig(world=world, seed=cfg.seed)
+    if cfg.sft_steps is not None:
+        ckpt_cfg = ToyCheckpointConfig(world=world, seed=cfg.seed, sft_steps=cfg.sft_steps)
+    timings: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> None:
+        timings[name] = round(time.time() - t0, 2)
+
+    t0 = time.time()
+    checkpoint = get_toy_checkpoint(ckpt_cfg, progress=progress, log=log)
+    lap("checkpoint", t0)
+
+    t0 = time.time()
+    eval_prompts = toy_world.write_prompts(world, "eval", cfg.eval_scenes, run_dir / "world")
+    dpo_prompts = toy_world.write_prompts(world, "dpo", cfg.dpo_scenes, run_dir / "world")
+    write_jsonl(run_dir / "world" / "eval_prompts.jsonl", eval_prompts)
+    write_jsonl(run_dir / "world" / "dpo_prompts.jsonl", dpo_prompts)
+    lap("world", t0)
+
+    metric = toy_metric()
+    t0 = time.time()
+    model, processor = load_policy(checkpoint)
+    before = evaluate(model, processor, eval_prompts, metric, str(checkpoint), progress=progress,
+                      desc="scoring before")
+    write_json(run_dir / "report_before.json", before)
+    lap("eval_before", t0)
+
+    t0 = time.time()
+    sample_cfg = SampleConfig(model=str(checkpoint), k=cfg.k, temperature=cfg.temperature, seed=cfg.seed)
+    candidates_path = sample(sample_cfg, run_dir / "world" / "dpo_prompts.jsonl", run_dir / "sample",
+                             model=model, processor=processor, progress=progress)
+    lap("sample", t0)
+
+    t0 = time.time()
+    judge = GroundingJudge(world.vocabulary(), hallucination_weight=cfg.hallucination_weight)
+    prompts_by_id = {p["id"]: p for p in dpo_prompts}
+    judgments = judge.judge(read_records(candidates_path), prompts_by_id)
+    judge_dir = ensure_writable_dir(run_dir / "judge")
+    judgments_path = write_jsonl(judge_dir / "judgments.jsonl", judgments)
+    write_manifest(judge_dir, "judge", judge.config(), {"candidates": candidates_path}, t0,
+                   extra={"judged": sum(j["score"] is not None for j in judgments), "failed":
+                          sum(j["score"] is None for j in judgments)})
+    lap("judge", t0)
+
+    t0 = time.time()
+    pairs_cfg = PairsConfig(strategy=cfg.pair_strategy, min_gap=cfg.min_gap, sample_num=cfg.sample_num,
+                            seed=cfg.seed)
+    pairs_dir = build_pairs(pairs_cfg, judgments_path, candidates_path, run_dir / "sample" / "prompts.jsonl",
+                            run_dir / "pairs")
+    pair_summary = json.loads((run_dir / "pairs" / "summary.json").read_text())
+    lap("pairs", t0)
+
+    t0 = time.time()
+    del model
+    train_cfg = TrainConfig(model=str(checkpoint), pairs=str(pairs_dir), output_dir=str(run_dir / "train"),
+                            dpo={**cfg.dpo, "seed": cfg.seed})
+    trained = train(train_cfg, progress=progress)
+    lap("train", t0)
+
+    t0 = time.time()
+    model, processor = load_policy(trained)
+    after = evaluate(model, processor, eval_prompts, metric, str(trained), progress=progress, desc="scoring after")
+    write_json(run_dir / "report_after.json", after)
+    lap("eval_after", t0)
+
+    report = {
+        "before": {k: before["metrics"][k] for k in METRICS},
+        "after": {k: after["metrics"][k] for k in METRICS},
+        "pairs": pair_summary["pairs"],
+        "pair_summary": pair_summary,
+        "judge": judge.config(),
+        "checkpoint": str(checkpoint),
+        "trained": str(trained),
+        "wall_seconds": round(time.time() - started, 1),
+        "stage_seconds": timings,
+        "config": asdict(cfg),
+    }
+    write_json(run_dir / "demo_report.json", report)
+    return report
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="halign demo: toy world, held-out scenes")
+    for col in ("metric", "before", "after", "change"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for key in METRICS:
+        b, a = report["before"][key], report["after"][key]
+        change = f"{a / b:.2f}x" if key != "n" and b else ""
+        fmt = "{:d}" if key == "n" else "{:.3f}"
+        table.add_row(key, fmt.format(b), fmt.format(a), change)
+    console = Console()
+    console.print(table)
+    console.print(f"pairs: {report['pairs']}  judge: {report['judge']['judge']}  "
+                  f"wall time: {report['wall_seconds']:.0f} s")
+
+
+def plot(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["chair_s", "chair_i", "recall"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs = range(len(keys))
+    ax.bar([x - 0.2 for x in xs], [report["before"][k] for k in keys], width=0.4, label="before")
+    ax.bar([x + 0.2 for x in xs], [report["after"][k] for k in keys], width=0.4, label="after DPO")
+    ax.set_xticks(list(xs), ["CHAIR_s", "CHAIR_i", "recall"])
+    ax.set_ylim(0, 1)
+    ax.set_title(f"toy world, {report['before']['n']} held-out scenes")
+    ax.legend()
+    for x, k in zip(xs, keys):
+        ax.text(x - 0.2, report["before"][k] + 0.02, f"{report['before'][k]:.2f}", ha="center", fontsize=8)
+        ax.text(x + 0.2, report["after"][k] + 0.02, f"{report['after'][k]:.2f}", ha="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="halign_runs/demo", help="run folder (default: halign_runs/demo)")
+    parser.add_argument("--json", default=None, help="also write the demo report JSON here")
+    parser.add_argument("--plot", default=None, help="PNG plot path (default: RUN/demo.png)")
+    parser.add_argument("--quick", action="store_true", help="reduced run for smoke tests (seconds, not minutes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
+    cfg.seed = args.seed
+    ensure_writable_dir(args.out)
+    if args.json:
+        ensure_writable_dir(Path(args.json).parent)
+    report = run_demo(cfg, progress=not args.no_progress)
+    plot_path = plot(report, Path(args.plot) if args.plot else Path(args.out) / "demo.png")
+    report["plot"] = str(plot_path)
+    write_json(Path(args.out) / "demo_report.json", report)
+    if args.json:
+        write_json(args.json, report)
+    print_table(report)
+    print(f"report: {args.json or Path(args.out) / 'demo_report.json'}  plot: {plot_path}")
+    return 0

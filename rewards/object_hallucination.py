@@ -1,0 +1,90 @@
+"""Object-level hallucination against exact ground truth (CHAIR-style), for any vocabulary.
+
+Used for the toy world (where the ground truth is exact, so the score is too) and by the offline
+grounding judge. A vocabulary maps each object category to the words that mention it; a response's
+mentions are those words in order, counted with repetition as CHAIR_i does:
+  CHAIR_i = hallucinated mentions / all mentions
+  CHAIR_s = responses with >= 1 hallucinated mention / responses
+  recall  = ground-truth categories mentioned / ground-truth categories (summed over items)
+Negation is not parsed ("no circle" still mentions a circle), exactly as CHAIR does on COCO.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+WORD_RE = re.compile(r"[a-z]+(?:[-'][a-z]+)*")
+
+
+@dataclass(frozen=True)
+class ObjectVocabulary:
+    """Word -> category lookup. Multi-word synonyms are not needed for the toy world and not supported."""
+
+    word_to_category: dict[str, str]
+
+    @classmethod
+    def from_categories(cls, categories: dict[str, list[str]]) -> "ObjectVocabulary":
+        mapping: dict[str, str] = {}
+        for category, words in categories.items():
+            for word in [category, *words]:
+                word = word.lower()
+                if mapping.get(word, category) != category:
+                    raise ValueError(f"vocabulary: word {word!r} maps to both {mapping[word]!r} and {category!r}")
+                mapping[word] = category
+        return cls(mapping)
+
+    def mentions(self, text: str) -> list[str]:
+        """Categories mentioned in `text`, in order, with repetition."""
+        lookup = self.word_to_category
+        return [lookup[w] for w in WORD_RE.findall(text.lower()) if w in lookup]
+
+
+def score_item(text: str, ground_truth: list[str], vocab: ObjectVocabulary) -> dict:
+    mentioned = vocab.mentions(text or "")
+    gt = set(ground_truth)
+    hallucinated = [m for m in mentioned if m not in gt]
+    covered = sorted(gt & set(mentioned))
+    return {
+        "mentions": mentioned,
+        "hallucinated": hallucinated,
+        "covered": covered,
+        "ground_truth": sorted(gt),
+        "n_words": len(WORD_RE.findall((text or "").lower())),
+    }
+
+
+def aggregate(items: list[dict]) -> dict:
+    """CHAIR_s, CHAIR_i, recall and mean length from per-item results of `score_item`."""
+    n = len(items)
+    mentions = sum(len(i["mentions"]) for i in items)
+    hallucinated = sum(len(i["hallucinated"]) for i in items)
+    gt_total = sum(len(i["ground_truth"]) for i in items)
+    return {
+        "chair_s": sum(bool(i["hallucinated"]) for i in items) / n if n else 0.0,
+        "chair_i": hallucinated / mentions if mentions else 0.0,
+        "recall": sum(len(i["covered"]) for i in items) / gt_total if gt_total else 0.0,
+        "mean_len": sum(i["n_words"] for i in items) / n if n else 0.0,
+        "n": n,
+    }
+
+
+class ObjectHallucinationMetric:
+    """`Metric`: responses carry `id` and `text`; references map id -> record with `objects`."""
+
+    name = "object_chair"
+
+    def __init__(self, vocabulary: dict[str, list[str]]):
+        self.vocab = ObjectVocabulary.from_categories(vocabulary)
+
+    def score(self, responses: list[dict], references: dict[str, dict]) -> dict:
+        per_item, missing = [], []
+        for resp in responses:
+            ref = references.get(resp["id"])
+            if ref is None:
+                missing.append(resp["id"])
+                continue
+            per_item.append({"id": resp["id"], "text": resp.get("text", ""),
+                             **score_item(resp.get("text", ""), ref.get("objects", []), self.vocab)})
+        return {"benchmark": self.name, "metrics": aggregate(per_item), "per_item": per_item,
+                "missing_ids": missing}
