@@ -225,8 +225,24 @@ def make_scene(cfg: ToyWorldConfig, split: str, index: int) -> Scene:
     return scene
 
 
-def make_scenes(cfg: ToyWorldConfig, split: str, n: int, start: int = 0) -> list[Scene]:
-    return [make_scene(cfg, split, i) for i in range(start, start + n)]
+def make_scenes(cfg: ToyWorldConfig, split: str, n: int, start: int = 0,
+                exclude: set[str] | None = None) -> list[Scene]:
+    """Scenes start.. of a split; with `exclude`, scenes whose drawing has one of those signatures are
+    skipped (and more are drawn), so a held-out set never repeats a training image exactly."""
+    if not exclude:
+        return [make_scene(cfg, split, i) for i in range(start, start + n)]
+    scenes, index = [], start
+    while len(scenes) < n:
+        scene = make_scene(cfg, split, index)
+        if signature(scene) not in exclude:
+            scenes.append(scene)
+        index += 1
+    return scenes
+
+
+def signature(scene: Scene) -> str:
+    """Identity of a drawing: two scenes with equal signatures render to the same pixels."""
+    return ";".join(f"{o.shape},{o.color},{o.cx},{o.cy},{o.size}" for o in scene.objects)
 
 
 # --- drawing ---------------------------------------------------------------------------------------
@@ -289,12 +305,13 @@ def scene_record(cfg: ToyWorldConfig, scene: Scene, image_path: str | None = Non
     }
 
 
-def write_prompts(cfg: ToyWorldConfig, split: str, n: int, out_dir: str | Path, start: int = 0) -> list[dict]:
+def write_prompts(cfg: ToyWorldConfig, split: str, n: int, out_dir: str | Path, start: int = 0,
+                  exclude: set[str] | None = None) -> list[dict]:
     """Draw scenes as PNG files under out_dir/images and return prompt records that point at them."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     records = []
-    for scene in make_scenes(cfg, split, n, start):
+    for scene in make_scenes(cfg, split, n, start, exclude):
         path = out_dir / "images" / f"{scene.id}.png"
         if not path.exists():
             draw_scene(cfg, scene).save(path)

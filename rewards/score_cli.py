@@ -154,4 +154,7 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "benchmark", None) is None:
         args._score_parser.print_help()
         return 2
-    return RUNNERS[args.benchmark](args, time.time())
+    try:
+        return RUNNERS[args.benchmark](args, time.time())
+    except ImportError as err:  # an optional dependency (lemminflect): one line, like other input errors
+        raise ValueError(str(err)) from None
