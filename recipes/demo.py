@@ -17,6 +17,8 @@ from pathlib import Path
 from halign.data_gen.io import ensure_writable_dir, read_records, write_json, write_jsonl, write_manifest
 
 METRICS = ("chair_s", "chair_i", "recall", "mean_len", "n")
+# A checkpoint that builds in seconds, for --quick (the tests share it through the cache).
+QUICK_CHECKPOINT = {"sft_scenes": 120, "sft_steps": 40, "batch_size": 16}
 
 
 @dataclass
@@ -34,13 +36,13 @@ class DemoConfig:
         "beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 2, "per_device_train_batch_size": 16,
         "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.2],
     })
-    sft_steps: int | None = None  # None: the standard cached checkpoint
+    checkpoint: dict = field(default_factory=dict)  # ToyCheckpointConfig overrides; {} = the standard one
     seed: int = 0
 
     @classmethod
     def quick(cls, out: str) -> "DemoConfig":
         """A reduced run for tests and smoke checks: minutes become seconds, numbers mean little."""
-        return cls(out=out, eval_scenes=24, dpo_scenes=32, k=4, sft_steps=60,
+        return cls(out=out, eval_scenes=24, dpo_scenes=32, k=4, checkpoint=dict(QUICK_CHECKPOINT),
                    dpo={"beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 8,
                         "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.2]})
 
@@ -60,9 +62,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     started = time.time()
     run_dir = ensure_writable_dir(cfg.out)
     world = toy_world.ToyWorldConfig(seed=cfg.seed)
-    ckpt_cfg = ToyCheckpointConfig(world=world, seed=cfg.seed)
-    if cfg.sft_steps is not None:
-        ckpt_cfg = ToyCheckpointConfig(world=world, seed=cfg.seed, sft_steps=cfg.sft_steps)
+    ckpt_cfg = ToyCheckpointConfig(world=world, seed=cfg.seed, **cfg.checkpoint)
     timings: dict[str, float] = {}
 
     def lap(name: str, t0: float) -> None:

@@ -27,8 +27,9 @@ def halign_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_ckpt_config():
     from halign.data_gen.toy_checkpoint import ToyCheckpointConfig
+    from halign.recipes.demo import QUICK_CHECKPOINT
 
-    return ToyCheckpointConfig(sft_scenes=120, sft_steps=40, batch_size=16)
+    return ToyCheckpointConfig(**QUICK_CHECKPOINT)
 
 
 @pytest.fixture(scope="session")

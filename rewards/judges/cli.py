@@ -104,7 +104,8 @@ def run(args) -> tuple[Path, list[dict], dict]:
     write_jsonl(out_path, judgments)
 
     stats = getattr(judge, "stats", None)
-    info = judge.manifest_info() if hasattr(judge, "manifest_info") else dict(options)
+    describe = getattr(judge, "manifest_info", None) or getattr(judge, "config", None)
+    info = describe() if callable(describe) else dict(options)
     counts = {"candidates": len(candidates), "judged": sum(j.get("score") is not None for j in judgments),
               "failed": sum(j.get("score") is None for j in judgments),
               "unknown_prompt": len(candidates) - len(known),
@@ -122,24 +123,29 @@ def print_summary(out_path: Path, extra: dict, name: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    counts, stats = extra["counts"], extra["stats"] or {}
-    table = Table(title=f"halign judge: {name}")
-    columns = ["candidates", "judged", "failed", "cache hits", "calls", "retries", "re-asks",
-               "prompt tok", "completion tok", "cost $", "wall s"]
-    for col in columns:
-        table.add_column(col, justify="right")
-    usage = stats.get("usage", {})
-    cost = stats.get("cost_usd")
-    table.add_row(*map(str, [counts["candidates"], counts["judged"], counts["failed"], counts["cache_hits"],
-                             stats.get("calls", "-"), stats.get("retries", "-"), stats.get("reasks", "-"),
-                             usage.get("prompt", "-"), usage.get("completion", "-"),
-                             "unknown" if stats and cost is None else (f"{cost:.4f}" if cost is not None else "-"),
-                             f"{stats['wall_seconds']:.1f}" if "wall_seconds" in stats else "-"]))
-    console = Console()
+    counts, stats = extra["counts"], extra["stats"]
+    # One row per figure: reads the same in a narrow terminal and in a CI log.
+    table = Table(title=f"halign judge: {name}", show_header=False)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [("candidates", counts["candidates"]), ("judged", counts["judged"]), ("failed", counts["failed"]),
+            ("unknown prompt", counts["unknown_prompt"]), ("cache hits", counts["cache_hits"])]
+    if stats:
+        cost = stats["cost_usd"]
+        rows += [("HTTP calls", stats["calls"]), ("retries", stats["retries"]), ("re-asks", stats["reasks"]),
+                 ("prompt tokens", stats["usage"]["prompt"]), ("completion tokens", stats["usage"]["completion"]),
+                 ("cost $", "unknown (no price for this model)" if cost is None else f"{cost:.4f}"),
+                 ("calls/s", f"{stats['calls'] / max(stats['wall_seconds'], 1e-9):.1f}"),
+                 ("wall s", f"{stats['wall_seconds']:.1f}")]
+    for label, value in rows:
+        table.add_row(label, str(value))
+    console = Console(soft_wrap=True)
     console.print(table)
     if counts["failed"]:
-        console.print(f"{counts['failed']} candidate(s) failed (score null, reason in 'error'); re-running the "
-                      f"same command retries only those")
+        retried = counts["failed"] - counts["unknown_prompt"]
+        console.print(f"{counts['failed']} candidate(s) failed: score null, reason in 'error'"
+                      + (f"; re-running the same command asks again for those {retried} only"
+                         if stats and retried else ""))
     console.print(f"wrote {out_path} and {out_path.parent / 'manifest.json'}")
 
 

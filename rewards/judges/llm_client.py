@@ -11,7 +11,6 @@ The API key is read from the environment only and is scrubbed from every error s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import ipaddress
 import json
@@ -28,18 +27,14 @@ from urllib.parse import urlparse
 
 from halign.data_gen.io import stable_hash
 
-POOL_SIZE = 16  # connections per HTTP pool; see LLMClient._openai
 PLACEHOLDER_KEY = "EMPTY"  # what vLLM / Ollama accept when started without --api-key
 CACHE_VERSION = 1
+MAX_RETRY_AFTER = 300.0  # seconds
 
 # $ per 1M tokens (input, output), list prices when this table was written; override with `prices=` or
 # `--price-in/--price-out`. A model missing here reports its cost as unknown rather than as $0.
-DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-}
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60),
+                                                   "gpt-4.1": (2.00, 8.00), "gpt-4.1-mini": (0.40, 1.60)}
 
 
 class InvalidOutput(ValueError):
@@ -191,7 +186,7 @@ class DiskCache:
         path.parent.mkdir(exist_ok=True)
         entry = {"version": CACHE_VERSION, "request": material, "parsed": result.parsed,
                  "usage": result.usage, "raw": result.raw, "created": time.time()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(entry, fh, ensure_ascii=False)
@@ -205,25 +200,21 @@ class DiskCache:
 
 def parse_retry_after(headers: Any) -> float | None:
     """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or an HTTP date); None if absent."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    try:
-        if ms is not None:
-            return max(0.0, float(ms) / 1000)
-    except ValueError:
-        pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
-            return None
-        seconds = email.utils.mktime_tz(parsed) - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+    headers = headers or {}
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            date = email.utils.parsedate_tz(value)
+            if date is None:
+                continue
+            seconds = email.utils.mktime_tz(date) - time.time()
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    return None
 
 
 def _httpx():
@@ -269,24 +260,29 @@ class LLMClient:
                     results[i] = JudgeResult(parsed=hit["parsed"], usage=hit["usage"], cached=True, raw=hit["raw"])
             else:
                 todo.append((key, req))
-        self.stats.cache_hits += sum(r is not None for r in results)
+        hits = sum(r is not None for r in results)
+        self.stats.cache_hits += hits
+        calls_before, failures = self.stats.calls, 0
 
         bar = _progress_bar(len(requests), self.name, enabled=progress)
-        bar.update(self.stats.cache_hits)
+        bar.update(hits)
         try:
-            async with self._openai() as clients:
+            if not todo:  # all cached: no client, no connection, no call
+                return results  # type: ignore[return-value]
+            async with self._openai() as client:
                 sem = asyncio.Semaphore(self.config.concurrency)
-                tasks = [asyncio.ensure_future(self._one(clients, sem, key, req)) for key, req in todo]
+                tasks = [asyncio.ensure_future(self._one(client, sem, key, req)) for key, req in todo]
                 try:
                     for fut in asyncio.as_completed(tasks):
                         key, res = await fut
                         for i in by_key[key]:
                             results[i] = res
-                        self.stats.failures += len(by_key[key]) if res.parsed is None else 0
+                        if res.parsed is None:
+                            failures += len(by_key[key])
+                            self.stats.failures += len(by_key[key])
                         elapsed = max(time.perf_counter() - started, 1e-9)
-                        bar.set_postfix({"calls/s": f"{self.stats.calls / elapsed:.1f}",
-                                         "cached": self.stats.cache_hits, "failed": self.stats.failures},
-                                        refresh=False)
+                        bar.set_postfix({"calls/s": f"{(self.stats.calls - calls_before) / elapsed:.1f}",
+                                         "cached": hits, "failed": failures}, refresh=False)
                         bar.update(len(by_key[key]))
                 except BaseException:
                     # A fatal error (or Ctrl-C) stops the rest; what finished is already in the cache.
@@ -302,31 +298,19 @@ class LLMClient:
 
     # -- internals
 
-    @contextlib.asynccontextmanager
-    async def _openai(self):
-        """Yields the SDK clients for one run (created per run: an async HTTP client is bound to its loop)."""
+    def _openai(self):
+        """The SDK client for one run (made per run: an async HTTP client is bound to its event loop)."""
         import openai
 
-        httpx = self._httpx
         n = max(1, self.config.concurrency)
-        # httpx scans every idle connection of its pool on each request (a socket probe apiece), so one pool
-        # of 64 costs the client more CPU than the calls themselves at a few hundred calls/s. Pools of at
-        # most POOL_SIZE connections, used in turn, keep that scan short.
-        shards = math.ceil(n / POOL_SIZE)
-        async with contextlib.AsyncExitStack() as stack:
-            clients = []
-            for _ in range(shards):
-                # Our own retry loop counts every attempt, so the SDK must not retry behind our back; each
-                # pool can hold all `n` requests so a request never waits for a connection.
-                http_client = openai.DefaultAsyncHttpxClient(
-                    limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
-                    timeout=self.config.timeout)
-                client = openai.AsyncOpenAI(api_key=self.api_key, base_url=self.config.base_url, max_retries=0,
-                                            timeout=self.config.timeout, http_client=http_client)
-                clients.append(await stack.enter_async_context(client))
-            yield clients
+        # The pool holds every request we allow in flight, so none waits for a connection; our own retry
+        # loop counts every attempt, so the SDK must not retry behind our back (max_retries=0).
+        http_client = openai.DefaultAsyncHttpxClient(
+            limits=self._httpx.Limits(max_connections=n, max_keepalive_connections=n), timeout=self.config.timeout)
+        return openai.AsyncOpenAI(api_key=self.api_key, base_url=self.config.base_url, max_retries=0,
+                                  timeout=self.config.timeout, http_client=http_client)
 
-    async def _one(self, clients, sem, key: str, req: JudgeRequest) -> tuple[str, JudgeResult]:
+    async def _one(self, client, sem, key: str, req: JudgeRequest) -> tuple[str, JudgeResult]:
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         messages = list(req.messages)
         reason = ""
@@ -334,7 +318,7 @@ class LLMClient:
             if ask:
                 self.stats.reasks += 1
             try:
-                text, call_usage = await self._request(clients, sem, messages)
+                text, call_usage = await self._request(client, sem, messages)
             except RequestFailed as err:
                 return key, JudgeResult(parsed=None, error=str(err), usage=usage)
             for k in usage:
@@ -358,7 +342,7 @@ class LLMClient:
         return key, JudgeResult(parsed=None, usage=usage,
                                 error=f"invalid judge output after {self.config.max_reasks} re-ask(s): {reason}")
 
-    async def _request(self, clients, sem, messages: list[dict]) -> tuple[str, dict]:
+    async def _request(self, client, sem, messages: list[dict]) -> tuple[str, dict]:
         """One chat completion with retries; returns (content, usage) or raises RequestFailed."""
         import openai
 
@@ -368,12 +352,12 @@ class LLMClient:
             body["max_tokens"] = cfg.max_tokens
         if cfg.json_mode:
             body["response_format"] = {"type": "json_object"}
+        payload = json.dumps(body, ensure_ascii=False).encode()  # serialised once, not once per attempt
         attempt = 0
         while True:
             retry_after = None
             async with sem:
                 self.stats.calls += 1
-                client = clients[self.stats.calls % len(clients)]
                 try:
                     # The SDK's generic `post` (its documented way to any endpoint) rather than the typed
                     # `chat.completions.create`: same auth and error mapping, but without ~1 ms of CPU per call
@@ -381,7 +365,7 @@ class LLMClient:
                     # not the endpoint, the bottleneck at ~300 calls/s. wait_for bounds the whole request;
                     # the HTTP read timeout alone restarts with every byte received.
                     resp = await asyncio.wait_for(
-                        client.post("/chat/completions", body=body, cast_to=self._httpx.Response),
+                        client.post("/chat/completions", content=payload, cast_to=self._httpx.Response),
                         timeout=cfg.timeout)
                     data = resp.json()
                     content = data["choices"][0]["message"]["content"]
@@ -415,8 +399,9 @@ class LLMClient:
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            # The server said when; a little jitter keeps many waiting requests from returning together.
-            return retry_after * (1 + 0.1 * random.random())
+            # The server said when; a little jitter keeps many waiting requests from returning together, and
+            # the cap keeps a bogus header from stalling the run for hours.
+            return min(retry_after, MAX_RETRY_AFTER) * (1 + 0.1 * random.random())
         cap = min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1))
         return cap / 2 + random.random() * cap / 2  # "equal jitter": never near zero, never in lockstep
 
@@ -424,17 +409,14 @@ class LLMClient:
         return scrub(str(err), [self.api_key])[:300]
 
     def _update_cost(self) -> None:
-        price = self.config.price()
-        if price is None:
-            self.stats.cost_usd = None
-        else:
-            self.stats.cost_usd = round((self.stats.prompt_tokens * price[0]
-                                         + self.stats.completion_tokens * price[1]) / 1e6, 6)
+        price, s = self.config.price(), self.stats
+        s.cost_usd = None if price is None else round((s.prompt_tokens * price[0]
+                                                       + s.completion_tokens * price[1]) / 1e6, 6)
 
 
 def _progress_bar(total: int, name: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    # disable=None turns the bar off when stderr is not a terminal (logs, CI) unless explicitly enabled.
+    # disable=None: the bar shows on a terminal only, so logs and CI output stay free of bar redraws.
     return tqdm(total=total, desc=f"judge {name}", unit="item", disable=None if enabled else True,
                 mininterval=0.5, smoothing=0.1)
