@@ -17,7 +17,8 @@ from halign.rewards.judges.registry import JUDGES, accepted_options, build_judge
 # flag dest -> judge constructor option
 FLAG_OPTIONS = {"base_url": "base_url", "model": "model", "concurrency": "concurrency", "cache": "cache_dir",
                 "timeout": "timeout", "max_retries": "max_retries", "max_reasks": "max_reasks",
-                "api_key_env": "api_key_env", "price_in": "price_in", "price_out": "price_out"}
+                "api_key_env": "api_key_env", "price_in": "price_in", "price_out": "price_out",
+                "vocabulary": "vocabulary", "hallucination_weight": "hallucination_weight"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     llm.add_argument("--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
     llm.add_argument("--price-in", type=float, help="$ per 1M input tokens (for the cost report)")
     llm.add_argument("--price-out", type=float, help="$ per 1M output tokens (for the cost report)")
+    offline = parser.add_argument_group("grounding judge (offline: mentions vs ground-truth objects)")
+    offline.add_argument("--vocabulary", help="'toy' (the toy world's objects) or a JSON file {category: [words]}")
+    offline.add_argument("--hallucination-weight", type=float, help="score = covered - weight * hallucinated")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -45,8 +49,8 @@ def _output_path(output: str) -> Path:
     return path / "judgments.jsonl" if path.is_dir() or not path.suffix else path
 
 
-def _load_inputs(args) -> tuple[Path, list[dict], Path, dict[str, dict]]:
-    cand_path = Path(args.input)
+def _load_inputs(input_path, prompts_arg) -> tuple[Path, list[dict], Path, dict[str, dict]]:
+    cand_path = Path(input_path)
     candidates = read_records(cand_path)
     seen: set = set()
     for i, cand in enumerate(candidates):
@@ -55,7 +59,7 @@ def _load_inputs(args) -> tuple[Path, list[dict], Path, dict[str, dict]]:
         if cand["id"] in seen:
             raise ValueError(f"{cand_path}: candidate id {cand['id']!r} appears twice")
         seen.add(cand["id"])
-    prompts_path = Path(args.prompts) if args.prompts else cand_path.parent / "prompts.jsonl"
+    prompts_path = Path(prompts_arg) if prompts_arg else cand_path.parent / "prompts.jsonl"
     if not prompts_path.exists():
         raise FileNotFoundError(f"prompts file not found: {prompts_path} (the sampling stage writes it next to "
                                 f"candidates.jsonl; pass --prompts PATH otherwise)")
@@ -67,11 +71,10 @@ def _load_inputs(args) -> tuple[Path, list[dict], Path, dict[str, dict]]:
     return cand_path, candidates, prompts_path, prompts
 
 
-def _options(args, out_dir: Path) -> dict:
-    cls = judge_class(args.judge)
-    accepted = accepted_options(cls)
-    options = {opt: getattr(args, flag) for flag, opt in FLAG_OPTIONS.items() if getattr(args, flag) is not None}
-    if args.no_progress and (accepted is None or "progress" in accepted):
+def _options(judge_spec: str, options: dict, progress: bool, out_dir: Path) -> dict:
+    accepted = accepted_options(judge_class(judge_spec))
+    options = dict(options)
+    if not progress and (accepted is None or "progress" in accepted):
         options["progress"] = False
     # Judges with a cache get one next to the output by default, so re-running the same command resumes.
     if "cache_dir" not in options and accepted is not None and "cache_dir" in accepted:
@@ -80,13 +83,20 @@ def _options(args, out_dir: Path) -> dict:
 
 
 def run(args) -> tuple[Path, list[dict], dict]:
+    """The CLI entry: only flags actually given become judge options."""
+    options = {opt: getattr(args, flag) for flag, opt in FLAG_OPTIONS.items() if getattr(args, flag) is not None}
+    return run_judge(args.judge, args.input, args.output, args.prompts, options, progress=not args.no_progress)
+
+
+def run_judge(judge_spec: str, input_path, output, prompts_path=None, options: dict | None = None,
+              progress: bool = True) -> tuple[Path, list[dict], dict]:
     """Judge every candidate; returns (judgments path, judgments, manifest extra)."""
     started = time.time()
-    out_path = _output_path(args.output)
+    out_path = _output_path(output)
     out_dir = ensure_writable_dir(out_path.parent)
-    cand_path, candidates, prompts_path, prompts = _load_inputs(args)
-    options = _options(args, out_dir)
-    judge = build_judge(args.judge, **options)
+    cand_path, candidates, prompts_path, prompts = _load_inputs(input_path, prompts_path)
+    options = _options(judge_spec, options or {}, progress, out_dir)
+    judge = build_judge(judge_spec, **options)
 
     # Candidates whose prompt is unknown become failed judgments here, whatever the judge does with them.
     known = [c for c in candidates if c["prompt_id"] in prompts]
@@ -96,10 +106,10 @@ def run(args) -> tuple[Path, list[dict], dict]:
         if cand["prompt_id"] in prompts:
             rec = next(judged, None)
             if rec is None or rec.get("candidate_id") != cand["id"]:
-                raise ValueError(f"judge {args.judge!r} must return one judgment per candidate, in order")
+                raise ValueError(f"judge {judge_spec!r} must return one judgment per candidate, in order")
             judgments.append(rec)
         else:
-            judgments.append(failed_judgment(cand, getattr(judge, "name", args.judge),
+            judgments.append(failed_judgment(cand, getattr(judge, "name", judge_spec),
                                              f"prompt_id {cand['prompt_id']!r} not found in {prompts_path}"))
     write_jsonl(out_path, judgments)
 
@@ -112,7 +122,7 @@ def run(args) -> tuple[Path, list[dict], dict]:
               "cache_hits": sum(bool(j.get("cached")) for j in judgments)}
     extra = {"counts": counts, "stats": stats.to_manifest() if stats is not None else None,
              "template": {"name": info.get("template"), "sha256": info.get("template_sha256")}}
-    config = {"judge": args.judge, "judge_name": getattr(judge, "name", args.judge), "output": str(out_path),
+    config = {"judge": judge_spec, "judge_name": getattr(judge, "name", judge_spec), "output": str(out_path),
               "options": info}
     write_manifest(out_dir, "judge", config, inputs={"candidates": cand_path, "prompts": prompts_path},
                    started=started, extra=extra)

@@ -9,23 +9,45 @@ and preference pairs then teach the model to say less rather than to say only wh
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from halign.rewards.object_hallucination import ObjectVocabulary, score_item
+
+
+def load_vocabulary(spec: dict[str, list[str]] | str) -> dict[str, list[str]]:
+    """'toy' -> the toy world's objects; a path -> a JSON object {category: [words]}; a dict as is."""
+    if isinstance(spec, dict):
+        return spec
+    if spec == "toy":
+        from halign.data_gen.toy_world import ToyWorldConfig
+
+        return ToyWorldConfig().vocabulary()
+    path = Path(spec)
+    if not path.exists():
+        raise ValueError(f"grounding judge: vocabulary must be 'toy' or a JSON file, got {spec!r}")
+    try:
+        vocab = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"grounding judge: {path} is not valid JSON ({err.msg})") from None
+    if not isinstance(vocab, dict) or not all(isinstance(v, list) for v in vocab.values()):
+        raise ValueError(f"grounding judge: {path} must hold an object {{category: [words]}}")
+    return vocab
 
 
 class GroundingJudge:
     name = "grounding"
 
-    def __init__(self, vocabulary: dict[str, list[str]] | None = None, hallucination_weight: float = 2.0,
-                 objects_key: str = "objects", **_ignored):
-        if vocabulary is None:
-            raise ValueError("grounding judge: needs a vocabulary (category -> words), e.g. the toy world's "
-                             "or COCO's CHAIR synonyms")
-        self.vocab = ObjectVocabulary.from_categories(vocabulary)
+    def __init__(self, vocabulary: dict[str, list[str]] | str = "toy", hallucination_weight: float = 2.0,
+                 objects_key: str = "objects"):
+        self.vocabulary_source = vocabulary if isinstance(vocabulary, str) else "inline"
+        self.vocab = ObjectVocabulary.from_categories(load_vocabulary(vocabulary))
         self.hallucination_weight = float(hallucination_weight)
         self.objects_key = objects_key
 
     def config(self) -> dict:
-        return {"judge": self.name, "hallucination_weight": self.hallucination_weight, "objects_key": self.objects_key}
+        return {"judge": self.name, "hallucination_weight": self.hallucination_weight,
+                "objects_key": self.objects_key, "vocabulary": self.vocabulary_source}
 
     def judge(self, candidates: list[dict], prompts: dict[str, dict]) -> list[dict]:
         judgments = []
