@@ -106,14 +106,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     trainer = DPOTrainer(model=model, args=dpo_config, train_dataset=dataset, processing_class=processor,
                          peft_config=lora_config)
     result = trainer.train()
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # gathers ZeRO-3 shards; writes on the main process only
+    if not trainer.accelerator.is_main_process:
+        return out
     processor.save_pretrained(str(out))
     history = [h for h in trainer.state.log_history if "loss" in h]
     write_json(out / "train_log.json", trainer.state.log_history)
     write_manifest(out, "train", dataclasses.asdict(cfg), {"pairs": pairs_path}, started, extra={
         "train_runtime": result.metrics.get("train_runtime"), "steps": trainer.state.global_step,
         "final_loss": history[-1]["loss"] if history else None, "pairs": len(dataset),
-        "mode": "lora" if lora_config else "full",
+        "mode": "lora" if lora_config else "full", "world_size": trainer.args.world_size,
     })
     return out
 
@@ -130,10 +132,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", required=True, help="pairs dataset folder (output of `halign pairs`)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--full", action="store_true", help="full-parameter training (peft: null)")
+    parser.add_argument("--accelerate-config", default=None,
+                        help="single | ddp | zero2 | zero3 (shipped configs) or an accelerate config file")
+    parser.add_argument("--num-processes", type=int, default=1, help="processes (GPUs) to launch")
     parser.add_argument("overrides", nargs="*", help="dpo.KEY=VALUE or peft.KEY=VALUE")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.accelerate_config not in (None, "single") or args.num_processes > 1:
+        import os
+        import subprocess
+
+        from halign.align.launch import launch_command
+
+        train_argv = ["--model", args.model, "--pairs", args.pairs, "--out", args.out, *args.overrides]
+        if args.full:
+            train_argv.append("--full")
+        argv, env = launch_command(args.accelerate_config or "ddp", args.num_processes, train_argv)
+        return subprocess.run(argv, env={**os.environ, **env}).returncode
     dpo, peft = {}, ({} if not args.full else None)
     for item in args.overrides:
         key, sep, value = item.partition("=")

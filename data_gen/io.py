@@ -105,7 +105,7 @@ def ensure_writable_dir(path: str | Path) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".halign_write_probe"
+        probe = path / f".halign_write_probe.{os.getpid()}"  # per process: ranks probe the same folder
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "judge": ("halign.rewards.judges.cli", "judge candidates (AI feedback) -> judgments.jsonl"),
     "pairs": ("halign.data_gen.pairs", "build preference pairs from judgments"),
     "gen-pairs": ("halign.data_gen.gen_pairs", "sample + judge + pairs in one go"),
-    "train": ("halign.align.train_cli", "DPO training on preference pairs (LoRA or full)"),
+    "train": ("halign.align.dpo", "DPO training on preference pairs (LoRA or full)"),
     "rlaif": ("halign.align.rlaif", "iterative RLAIF: sample, judge, pair, train, evaluate for R rounds"),
     "export": ("halign.align.export", "merge LoRA adapters into a standalone checkpoint"),
     "eval": ("halign.recipes.evaluate", "generate with a checkpoint, then score a hallucination benchmark"),

@@ -10,6 +10,8 @@ from halign.rewards.base import Judge, load_object
 JUDGES: dict[str, str] = {
     "caption": "halign.rewards.judges.caption.CaptionJudge",
     "grounding": "halign.rewards.judges.grounding.GroundingJudge",
+    "claims": "halign.rewards.judges.claims.ClaimsJudge",
+    "ensemble": "halign.rewards.judges.ensemble.EnsembleJudge",
 }
 
 

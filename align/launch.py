@@ -1,0 +1,68 @@
+"""Multi-process training: `halign train --accelerate-config single|ddp|zero2|zero3 --num-processes N`.
+
+The shipped configs (align/configs/*.yaml) are ordinary `accelerate` config files; a path to your own works
+too. On GPUs the training command is re-run under `accelerate launch`. Without a GPU, accelerate's own
+launcher runs a single process, so data parallel on CPU goes through `torch.distributed.run` with the
+gloo backend (ACCELERATE_USE_CPU tells accelerate to join that process group): this is how the tests
+check that 2 processes give the single-process result.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+SHIPPED = ("single", "ddp", "zero2", "zero3")
+
+
+def config_path(name_or_path: str) -> Path:
+    if name_or_path in SHIPPED:
+        return CONFIG_DIR / f"{name_or_path}.yaml"
+    path = Path(name_or_path)
+    if not path.exists():
+        raise ValueError(f"--accelerate-config must be one of {SHIPPED} or an accelerate config file, "
+                         f"got {name_or_path!r}")
+    return path
+
+
+def load_config(name_or_path: str) -> dict:
+    config = yaml.safe_load(config_path(name_or_path).read_text())
+    if not isinstance(config, dict) or "distributed_type" not in config:
+        raise ValueError(f"{name_or_path}: not an accelerate config (no distributed_type)")
+    return config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(config_name: str, num_processes: int, train_argv: list[str], cuda: bool | None = None):
+    """(argv, extra environment) that runs `halign train <train_argv>` in `num_processes` processes."""
+    import torch
+
+    config = load_config(config_name)
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if config["distributed_type"] == "DEEPSPEED":
+        if not cuda:
+            raise ValueError("DeepSpeed ZeRO configs need CUDA GPUs; use --accelerate-config ddp on CPU")
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ValueError("DeepSpeed is not installed: pip install 'halign[deepspeed]'") from None
+    module = [sys.executable, "-m", "halign.recipes.cli", "train", *train_argv]
+    if cuda:
+        argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(config_name)),
+                "--num_processes", str(num_processes), "-m", "halign.recipes.cli", "train", *train_argv]
+        return argv, {}
+    if config["distributed_type"] == "NO" or num_processes == 1:
+        return module, {}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *module[1:]]
+    return argv, {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

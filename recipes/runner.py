@@ -1,0 +1,313 @@
+"""`halign run RECIPE.yaml [key=value ...] [--dry-run] [--out DIR]`: a recipe's stages in one run folder.
+
+sample -> judge -> pairs -> train -> eval, each through the stage's own function (the same code path as
+its CLI). Each stage folder gets `stage_key.json`: a hash of the stage's resolved config, the upstream
+stage's key and the hashes of external inputs (prompt file, local checkpoint). A rerun skips a stage whose
+key is unchanged and whose outputs exist; a changed key reruns that stage and, because keys chain, every
+stage after it. `runs.jsonl` in the run folder logs which stages ran on each invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from halign.data_gen.io import ensure_writable_dir, file_sha256, read_records, stable_hash, write_json, write_jsonl
+from halign.recipes import config as recipe_config
+
+STAGES = ("sample", "judge", "pairs", "train", "eval")
+OUTPUTS = {"sample": ["candidates.jsonl", "prompts.jsonl"], "judge": ["judgments.jsonl"],
+           "pairs": ["dataset/dataset_info.json", "summary.json"], "train": ["manifest.json"],
+           "eval": ["report_after.json"]}
+
+
+# --- model and inputs ------------------------------------------------------------------------------
+
+def toy_checkpoint_config(cfg: dict):
+    from halign.data_gen.toy_checkpoint import ToyCheckpointConfig
+    from halign.data_gen.toy_world import ToyWorldConfig
+
+    # As in `halign demo`: the recipe seed seeds the world and the checkpoint.
+    return ToyCheckpointConfig(world=ToyWorldConfig(seed=cfg["seed"]), seed=cfg["seed"], **cfg["toy_checkpoint"])
+
+
+def model_identity(cfg: dict) -> str:
+    """What the model is, for stage keys, without loading (or building) it."""
+    if cfg["model"] == "toy":
+        return "toy:" + toy_checkpoint_config(cfg).key()
+    path = Path(cfg["model"])
+    if path.is_dir():
+        # Names and sizes of every file, contents of the small ones (configs): cheap, and any retrained
+        # or swapped checkpoint changes it. Weights are not hashed byte by byte (gigabytes).
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return "dir:" + stable_hash([(str(p.relative_to(path)), p.stat().st_size,
+                                      file_sha256(p) if p.stat().st_size < 1 << 20 else None) for p in files])
+    return "hub:" + cfg["model"]
+
+
+def model_path(cfg: dict) -> str:
+    if cfg["model"] != "toy":
+        return cfg["model"]
+    from halign.data_gen.toy_checkpoint import get_toy_checkpoint
+
+    return str(get_toy_checkpoint(toy_checkpoint_config(cfg), progress=False))
+
+
+def source_identity(src: dict) -> dict:
+    if src["type"] == "jsonl" and Path(src["path"]).is_file():
+        return {**src, "sha256": file_sha256(src["path"])}
+    return src
+
+
+def write_source(cfg: dict, src: dict, out_dir: Path, seen: set[str] | None = None) -> Path:
+    """Prompt records for a source, as prompts.jsonl in out_dir (toy-world images drawn next to it)."""
+    if src["type"] == "jsonl":
+        records = read_records(src["path"])
+        if src.get("max_images"):
+            # Video: frames are a multi-image input; keep max_images frames spread evenly over the clip.
+            for rec in records:
+                frames, m = rec.get("images", []), src["max_images"]
+                if len(frames) > m:
+                    rec["images"] = [frames[round(i * (len(frames) - 1) / (m - 1))] if m > 1 else frames[0]
+                                     for i in range(m)]
+        return write_jsonl(out_dir / "prompts.jsonl", records)
+    from halign.data_gen import toy_world
+
+    world = toy_world.ToyWorldConfig(**{"seed": cfg["seed"], **(src["world"] or {})})
+    records = toy_world.write_prompts(world, src["split"], src["n"], out_dir, src["start"], exclude=seen)
+    return write_jsonl(out_dir / "prompts.jsonl", records)
+
+
+def seen_scenes(cfg: dict) -> set[str]:
+    """Drawings used to train (toy SFT + the DPO source): an `exclude_seen` eval holds them out, as the demo does."""
+    from halign.data_gen import toy_world
+
+    seen: set[str] = set()
+    if cfg["model"] == "toy":
+        ckpt = toy_checkpoint_config(cfg)
+        seen |= {toy_world.signature(s) for s in toy_world.make_scenes(ckpt.world, "sft", ckpt.sft_scenes)}
+    src = cfg["source"]
+    if src["type"] == "toy_world":
+        world = toy_world.ToyWorldConfig(**{"seed": cfg["seed"], **(src["world"] or {})})
+        seen |= {toy_world.signature(s) for s in toy_world.make_scenes(world, src["split"], src["n"], src["start"])}
+    return seen
+
+
+# --- plan ------------------------------------------------------------------------------------------
+
+def stage_configs(cfg: dict) -> dict[str, dict]:
+    """What each stage's key hashes besides the upstream key."""
+    return {
+        "sample": {"model": model_identity(cfg), "source": source_identity(cfg["source"]), "sample": cfg["sample"],
+                   "seed": cfg["seed"]},
+        "judge": cfg["judge"],
+        "pairs": cfg["pairs"],
+        "train": {**cfg["train"], **cfg["train_resolved"]},
+        "eval": None if cfg["eval"] is None else {**cfg["eval"], "source": source_identity(cfg["eval"]["source"])},
+    }
+
+
+def make_plan(cfg: dict, run_dir: Path) -> list[dict]:
+    plan, upstream, rerun = [], None, False
+    for stage, stage_cfg in stage_configs(cfg).items():
+        if stage_cfg is None:
+            continue
+        key = stable_hash({"stage": stage, "config": stage_cfg, "upstream": upstream})
+        folder = run_dir / stage
+        old = _read_key(folder)
+        missing = [o for o in OUTPUTS[stage] if not (folder / o).exists()]
+        if rerun:
+            reason = "an earlier stage reruns"
+        elif old is None:
+            reason = "never ran"
+        elif old != key:
+            reason = "config or inputs changed"
+        elif missing:
+            reason = f"output missing: {missing[0]}"
+        else:
+            reason = None
+        rerun = rerun or reason is not None
+        plan.append({"stage": stage, "key": key, "action": "run" if reason else "skip", "reason": reason or "unchanged",
+                     "config": stage_cfg})
+        upstream = key
+    return plan
+
+
+def _read_key(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "stage_key.json").read_text())["key"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# --- execution -------------------------------------------------------------------------------------
+
+def run_stage(stage: str, cfg: dict, run_dir: Path, ckpt: str, progress: bool) -> None:
+    folder = run_dir / stage
+    if stage == "sample":
+        from halign.data_gen.sample import SampleConfig, run
+
+        prompts = write_source(cfg, cfg["source"], run_dir / "source")
+        run(SampleConfig(model=ckpt, **cfg["sample"]), prompts, folder, progress=progress)
+    elif stage == "judge":
+        from halign.rewards.judges.cli import run_judge
+
+        options = {k: v for k, v in cfg["judge"].items() if k != "name"}
+        run_judge(cfg["judge"]["name"], run_dir / "sample" / "candidates.jsonl", folder / "judgments.jsonl",
+                  options=options, progress=progress)
+    elif stage == "pairs":
+        from halign.data_gen.pairs import PairsConfig, run
+
+        run(PairsConfig(**cfg["pairs"]), run_dir / "judge" / "judgments.jsonl", run_dir / "sample" / "candidates.jsonl",
+            run_dir / "sample" / "prompts.jsonl", folder)
+    elif stage == "train":
+        train_stage(cfg, run_dir, ckpt, progress)
+    elif stage == "eval":
+        eval_stage(cfg, run_dir, ckpt, progress)
+
+
+def train_config(cfg: dict, run_dir: Path, ckpt: str) -> dict:
+    t = cfg["train"]
+    return {"model": ckpt, "pairs": str(run_dir / "pairs" / "dataset"), "output_dir": str(run_dir / "train"),
+            "dpo": t["dpo"], "peft": t["peft"], "dtype": t["dtype"]}
+
+
+def launch_command(cfg: dict, config_json: Path) -> list[str]:
+    """Multi-GPU training: accelerate starts one process per GPU, each runs this module's __main__."""
+    acc = recipe_config.accelerate_config_path(cfg["train"]["accelerate_config"])
+    return ["accelerate", "launch", "--config_file", str(acc), "-m", "halign.recipes.runner", str(config_json)]
+
+
+def train_stage(cfg: dict, run_dir: Path, ckpt: str, progress: bool) -> None:
+    from halign.align.dpo import TrainConfig, train
+
+    tc = train_config(cfg, run_dir, ckpt)
+    if cfg["train"]["accelerate_config"]:
+        config_json = write_json(run_dir / "train_config.json", tc)
+        subprocess.run(launch_command(cfg, config_json), check=True)
+    else:
+        train(TrainConfig(**tc), progress=progress)
+
+
+def eval_stage(cfg: dict, run_dir: Path, ckpt: str, progress: bool) -> None:
+    from halign.align.model import load_policy
+    from halign.recipes.compare import run_compare
+    from halign.recipes.evaluate import evaluate, toy_metric
+
+    ev, folder = cfg["eval"], ensure_writable_dir(run_dir / "eval")
+    seen = seen_scenes(cfg) if ev["source"]["type"] == "toy_world" and ev["source"]["exclude_seen"] else None
+    prompts = read_records(write_source(cfg, ev["source"], folder / "source", seen))
+    if ev["benchmark"] == "toy":
+        metric = toy_metric()
+    else:
+        from halign.rewards.chair import ChairMetric
+
+        metric = ChairMetric(id_key="id", caption_key="text", **ev["metric"])
+    kwargs = {"max_new_tokens": ev["max_new_tokens"], "batch_size": ev["batch_size"], "progress": progress}
+    if ev["before"]:
+        # The base model's report depends on the base model and eval settings only: a judge or training
+        # change reruns this stage but reuses report_before.json.
+        before_key = stable_hash({"model": model_identity(cfg), "eval": stage_configs(cfg)["eval"]})
+        if _read_key(folder / "before") != before_key or not (folder / "report_before.json").exists():
+            model, processor = load_policy(ckpt)
+            write_json(folder / "report_before.json",
+                       evaluate(model, processor, prompts, metric, ckpt, desc="scoring before", **kwargs))
+            write_json(folder / "before" / "stage_key.json", {"key": before_key})
+    model, processor = load_policy(run_dir / "train")
+    write_json(folder / "report_after.json",
+               evaluate(model, processor, prompts, metric, str(run_dir / "train"), desc="scoring after", **kwargs))
+    if ev["before"]:
+        run_compare([folder / "report_before.json", folder / "report_after.json"], folder / "compare")
+
+
+def run_recipe(recipe: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
+               dry_run: bool = False, progress: bool = True, log=print) -> dict:
+    """Python API of `halign run`; returns {"run_dir", "plan", "notes", "ran": [stages]}."""
+    cfg = recipe_config.resolve(recipe_config.apply_overrides(recipe_config.load_recipe(recipe), overrides or []))
+    run_dir = Path(out) if out else Path("halign_runs") / Path(recipe).stem
+    plan, notes = make_plan(cfg, run_dir), recipe_config.notes(cfg)
+    result = {"run_dir": str(run_dir), "plan": plan, "notes": notes, "config": cfg, "ran": []}
+    if dry_run:
+        log(render_plan(cfg, plan, notes, run_dir))
+        return result
+    if notes:
+        raise ValueError("cannot execute this recipe: " + "; ".join(notes))
+    ensure_writable_dir(run_dir)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(_public(cfg), sort_keys=False))
+    started = time.time()
+    todo = [p for p in plan if p["action"] == "run"]
+    ckpt = model_path(cfg) if todo else cfg["model"]
+    for step in plan:
+        if step["action"] == "skip":
+            log(f"[{step['stage']}] skipped: unchanged (key {step['key'][:12]})")
+            continue
+        log(f"[{step['stage']}] running ({step['reason']})")
+        folder = run_dir / step["stage"]
+        # A stale key must not survive a crash halfway through the stage.
+        (folder / "stage_key.json").unlink(missing_ok=True)
+        t0 = time.time()
+        run_stage(step["stage"], cfg, run_dir, ckpt, progress)
+        write_json(folder / "stage_key.json", {"stage": step["stage"], "key": step["key"], "config": step["config"],
+                                               "seconds": round(time.time() - t0, 2)})
+        result["ran"].append(step["stage"])
+    with (run_dir / "runs.jsonl").open("a") as fh:
+        fh.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": overrides or [],
+                             "ran": result["ran"], "skipped": [p["stage"] for p in plan if p["action"] == "skip"],
+                             "seconds": round(time.time() - started, 2)}) + "\n")
+    if (run_dir / "eval" / "compare" / "compare.md").exists() and "eval" in result["ran"]:
+        log((run_dir / "eval" / "compare" / "compare.md").read_text())
+    return result
+
+
+def _public(cfg: dict) -> dict:
+    """The resolved config as a recipe would state it (train.dpo / train.peft with halign's defaults applied)."""
+    out = {k: v for k, v in cfg.items() if k != "train_resolved"}
+    out["train"] = {**cfg["train"], **cfg["train_resolved"]}
+    return out
+
+
+def render_plan(cfg: dict, plan: list[dict], notes: list[str], run_dir: Path) -> str:
+    lines = [f"run folder: {run_dir}", "resolved config:",
+             yaml.safe_dump(_public(cfg), sort_keys=False).rstrip(), "", "plan:"]
+    lines += [f"  {p['stage']:<7} {p['action']:<5} {p['reason']:<28} key {p['key'][:12]}" for p in plan]
+    if cfg["train"]["accelerate_config"]:
+        lines.append("  train launches: " + " ".join(launch_command(cfg, run_dir / "train_config.json")))
+    if notes:
+        lines += ["", "execution would refuse (dry-run only reports these):"] + [f"  - {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def _flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and validate; load no model")
+    parser.add_argument("--out", default=None, help="run folder (default: halign_runs/RECIPE_NAME)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe YAML (a path, or the name of a shipped recipe)")
+    # REMAINDER, re-parsed in main(): flags may come after the overrides (`run r.yaml k=v --dry-run`).
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="section.key=value overrides (YAML values)")
+    _flags(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    late, overrides = _flags(argparse.ArgumentParser(add_help=False)).parse_known_args(args.overrides)
+    bad = [o for o in overrides if o.startswith("-")]
+    if bad:
+        raise ValueError(f"unknown option {bad[0]}")
+    run_recipe(args.recipe, overrides, late.out or args.out, args.dry_run or late.dry_run,
+               progress=not (args.no_progress or late.no_progress))
+    return 0
+
+
+if __name__ == "__main__":  # one training process under `accelerate launch` (see launch_command)
+    from halign.align.dpo import TrainConfig, train
+
+    train(TrainConfig(**json.loads(Path(sys.argv[1]).read_text())))

@@ -1,0 +1,82 @@
+"""Launcher configs everywhere; a real 2-process DDP run on CPU (gloo) equals the single-process run."""
+
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from halign.align.launch import SHIPPED, launch_command, load_config
+from halign.recipes.cli import main
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_are_accelerate_configs(name):
+    config = load_config(name)
+    assert config["distributed_type"] in {"NO", "MULTI_GPU", "DEEPSPEED"}
+    if name.startswith("zero"):
+        assert config["deepspeed_config"]["zero_stage"] == int(name[-1])
+
+
+def test_launch_command_cpu_uses_torchrun_with_gloo():
+    argv, env = launch_command("ddp", 2, ["--model", "m"], cuda=False)
+    assert argv[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node" in argv
+    assert argv[-3:] == ["train", "--model", "m"] and env["ACCELERATE_USE_CPU"] == "true"
+    argv, env = launch_command("zero3", 8, ["--model", "m"], cuda=True) if _has_deepspeed() else (None, None)
+    if argv:
+        assert "accelerate.commands.launch" in argv and argv[argv.index("--num_processes") + 1] == "8"
+
+
+def _has_deepspeed():
+    try:
+        import deepspeed  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def test_zero_needs_gpu_and_unknown_config_is_named():
+    with pytest.raises(ValueError, match="need CUDA"):
+        launch_command("zero2", 2, [], cuda=False)
+    with pytest.raises(ValueError, match="nope.yaml"):
+        launch_command("nope.yaml", 2, [])
+
+
+@pytest.fixture(scope="module")
+def pairs_dataset(tmp_path_factory):
+    from halign.data_gen import toy_world
+    from halign.data_gen.pairs import to_dataset
+
+    out = tmp_path_factory.mktemp("pairs")
+    cfg = toy_world.ToyWorldConfig()
+    rows = []
+    for rec in toy_world.write_prompts(cfg, "dpo", 8, out / "world"):
+        objects = [f"a {o['color']} {o['shape']}" for o in rec["ground_truth"]]
+        rows.append({"image_paths": rec["images"], "prompt": [{"role": "user", "content": rec["question"]}],
+                     "chosen": [{"role": "assistant", "content": ", ".join(objects) + "."}],
+                     "rejected": [{"role": "assistant", "content": ", ".join(objects) + " and a red star."}],
+                     "chosen_score": 1.0, "rejected_score": 0.0, "judge": "test", "prompt_id": rec["id"]})
+    to_dataset(rows).save_to_disk(str(out / "dataset"))
+    return out / "dataset"
+
+
+def test_two_cpu_processes_equal_one(tmp_path, tiny_checkpoint, pairs_dataset):
+    # One step over the same 8 pairs: 1 process x 8 or 2 processes x 4. SGD keeps the update linear in the
+    # gradient, so the all-reduced DDP step must equal the single-process step.
+    common = ["--model", str(tiny_checkpoint), "--pairs", str(pairs_dataset), "dpo.max_steps=1", "dpo.optim=sgd",
+              "dpo.learning_rate=0.5", "dpo.loss_type=[sigmoid]", "dpo.warmup_steps=0", "dpo.logging_steps=1"]
+    assert main(["train", "--out", str(tmp_path / "one"), *common, "dpo.per_device_train_batch_size=8"]) == 0
+    assert main(["train", "--out", str(tmp_path / "two"), "--accelerate-config", "ddp", "--num-processes", "2",
+                 *common, "dpo.per_device_train_batch_size=4"]) == 0
+    import json
+
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["world_size"] == 2
+    assert json.loads((tmp_path / "one" / "manifest.json").read_text())["world_size"] == 1
+    one = load_file(str(tmp_path / "one" / "adapter_model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "adapter_model.safetensors"))
+    assert one.keys() == two.keys()
+    moved = 0
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-5, rtol=1e-4), name
+        moved += int("lora_B" in name and one[name].abs().max() > 0)
+    assert moved > 0
