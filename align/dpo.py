@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from halign.data_gen.io import ensure_writable_dir, write_json, write_manifest
 
-# LoRA on the language model's attention and MLP projections (Llama, Qwen, Mistral, Gemma naming).
+# LoRA on the language model's attention and MLP projections (Llama, Qwen, Mistral, Gemma naming;
+# Idefics3/SmolVLM call their decoder `text_model`).
 # The vision tower and projector stay frozen, as most VLM preference-tuning recipes do.
 DEFAULT_LORA = {
     "r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "bias": "none",
-    "target_modules": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+    "target_modules": r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
 }
 DEFAULT_DPO = {
     "beta": 0.1, "learning_rate": 5e-4, "num_train_epochs": 2, "per_device_train_batch_size": 16,
@@ -37,6 +39,11 @@ class TrainConfig:
     dpo: dict = field(default_factory=dict)  # DPOConfig overrides
     peft: dict | None = field(default_factory=dict)  # LoraConfig overrides; None = full fine-tuning
     dtype: str = "float32"
+    strict_pairs: bool = False  # True: stop at the first bad pair instead of skipping it
+    freeze: dict = field(default_factory=dict)  # full mode: {"vision_tower": true, "projector": false, ...}
+    # Hallucination tracking during training, e.g. {"every_n_steps": 50, "n": 50} (toy world held-out scenes)
+    # or {"prompts": "eval.jsonl", "vocabulary": "objects.json", "every_n_steps": 100}; None = off.
+    track: dict | None = None
 
     def dpo_args(self) -> dict:
         return {**DEFAULT_DPO, **self.dpo}
@@ -84,7 +91,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     import transformers
     from trl import DPOTrainer
 
+    from halign.align.collator import make_data_collator
     from halign.align.model import load_policy
+    from halign.align.validate import validate_pairs
 
     started = time.time()
     out = ensure_writable_dir(cfg.output_dir)
@@ -99,12 +108,26 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     missing = [k for k in keep if k not in dataset.column_names]
     if missing:
         raise ValueError(f"pairs dataset {pairs_path} lacks column(s) {missing}")
-    dataset = dataset.select_columns(keep)
     transformers.set_seed(dpo_config.seed)
     model, processor = load_policy(cfg.model, cfg.dtype)
     model.train()
+    if cfg.freeze:
+        from halign.align.freeze import freeze
+
+        unknown = sorted(set(cfg.freeze) - {"vision_tower", "projector", "language_model"})
+        if unknown:
+            raise ValueError(f"unknown freeze key(s) {unknown}: use vision_tower, projector, language_model")
+        freeze(model, **{"vision_tower": False, "projector": False, "language_model": False, **cfg.freeze})
+    # Bad pairs are skipped (listed in skipped_pairs.jsonl) or, with strict_pairs, stop the run here, before
+    # any training time is spent. Runs before select_columns so skipped records keep their prompt_id.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    dataset, pair_check = validate_pairs(dataset, processor, max_length=dpo_config.max_length,
+                                         strict=cfg.strict_pairs, out_dir=out if main_process else None)
+    dataset = dataset.select_columns(keep)
     trainer = DPOTrainer(model=model, args=dpo_config, train_dataset=dataset, processing_class=processor,
-                         peft_config=lora_config)
+                         peft_config=lora_config, data_collator=make_data_collator(processor, dpo_config))
+    if cfg.track:
+        attach_tracking(trainer, cfg.track, processor, out)
     result = trainer.train()
     trainer.save_model(str(out))  # gathers ZeRO-3 shards; writes on the main process only
     if not trainer.accelerator.is_main_process:
@@ -115,9 +138,32 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     write_manifest(out, "train", dataclasses.asdict(cfg), {"pairs": pairs_path}, started, extra={
         "train_runtime": result.metrics.get("train_runtime"), "steps": trainer.state.global_step,
         "final_loss": history[-1]["loss"] if history else None, "pairs": len(dataset),
-        "mode": "lora" if lora_config else "full", "world_size": trainer.args.world_size,
+        "mode": "lora" if lora_config else "full", "world_size": trainer.args.world_size, "pair_check": pair_check,
     })
     return out
+
+
+def attach_tracking(trainer, track: dict, processor, out: Path):
+    from halign.align.callbacks import HallucinationCallback
+    from halign.data_gen.io import read_records
+    from halign.rewards.judges.grounding import load_vocabulary
+    from halign.rewards.object_hallucination import ObjectHallucinationMetric
+
+    unknown = sorted(set(track) - {"prompts", "n", "every_n_steps", "vocabulary", "max_new_tokens"})
+    if unknown:
+        raise ValueError(f"unknown track key(s) {unknown}: use prompts, n, every_n_steps, vocabulary, max_new_tokens")
+    n = int(track.get("n", 50))
+    if track.get("prompts"):
+        prompts = read_records(track["prompts"])[:n]
+    else:
+        from halign.data_gen import toy_world
+
+        # A separate split: never the scenes the final evaluation reports on.
+        prompts = toy_world.write_prompts(toy_world.ToyWorldConfig(), "track", n, out / "track_world")
+    metric = ObjectHallucinationMetric(load_vocabulary(track.get("vocabulary", "toy")))
+    return HallucinationCallback(prompts, metric, processor, every_n_steps=int(track.get("every_n_steps", 50)),
+                                 jsonl_path=out / "hallucination.jsonl",
+                                 max_new_tokens=int(track.get("max_new_tokens", 64))).attach(trainer)
 
 
 def parse_value(text: str):
@@ -135,6 +181,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accelerate-config", default=None,
                         help="single | ddp | zero2 | zero3 (shipped configs) or an accelerate config file")
     parser.add_argument("--num-processes", type=int, default=1, help="processes (GPUs) to launch")
+    parser.add_argument("--track-every", type=int, default=None,
+                        help="every N steps, generate on held-out toy scenes and log CHAIR / recall")
     parser.add_argument("overrides", nargs="*", help="dpo.KEY=VALUE or peft.KEY=VALUE")
 
 
@@ -148,6 +196,8 @@ def main(args: argparse.Namespace) -> int:
         train_argv = ["--model", args.model, "--pairs", args.pairs, "--out", args.out, *args.overrides]
         if args.full:
             train_argv.append("--full")
+        if args.track_every:
+            train_argv += ["--track-every", str(args.track_every)]
         argv, env = launch_command(args.accelerate_config or "ddp", args.num_processes, train_argv)
         return subprocess.run(argv, env={**os.environ, **env}).returncode
     dpo, peft = {}, ({} if not args.full else None)
@@ -162,5 +212,7 @@ def main(args: argparse.Namespace) -> int:
             peft[name] = parse_value(value)
         else:
             raise ValueError(f"override {item!r}: unknown section {section!r} (or peft.* with --full)")
-    print(train(TrainConfig(model=args.model, pairs=args.pairs, output_dir=args.out, dpo=dpo, peft=peft)))
+    track = {"every_n_steps": args.track_every} if args.track_every else None
+    print(train(TrainConfig(model=args.model, pairs=args.pairs, output_dir=args.out, dpo=dpo, peft=peft,
+                            track=track)))
     return 0

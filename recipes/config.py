@@ -215,7 +215,7 @@ def notes(cfg: dict) -> list[str]:
     out = []
     if cfg["rounds"] > 1:
         out.append(f"rounds: {cfg['rounds']}: iterative RLAIF rounds are not implemented yet in `halign run` "
-                   f"(set rounds=1 to run one round)")
+                   f"(set rounds=1 for one round; `halign rlaif` runs several on the toy world)")
     if cfg["train"]["mdpo"]:
         out.append("train.mdpo: true: the mDPO objective is not implemented yet (set train.mdpo=false)")
     if cfg["judge"]["name"] in PLANNED_JUDGES and cfg["judge"]["name"] not in JUDGES:

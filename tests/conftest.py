@@ -38,3 +38,22 @@ def tiny_checkpoint(halign_cache, tiny_ckpt_config):
     from halign.data_gen.toy_checkpoint import get_toy_checkpoint
 
     return get_toy_checkpoint(tiny_ckpt_config, progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def pairs_dataset(tmp_path_factory):
+    """8 toy-world pairs: chosen lists the true objects, rejected adds an absent star."""
+    from halign.data_gen import toy_world
+    from halign.data_gen.pairs import to_dataset
+
+    out = tmp_path_factory.mktemp("pairs")
+    cfg = toy_world.ToyWorldConfig()
+    rows = []
+    for rec in toy_world.write_prompts(cfg, "dpo", 8, out / "world"):
+        objects = [f"a {o['color']} {o['shape']}" for o in rec["ground_truth"]]
+        rows.append({"image_paths": rec["images"], "prompt": [{"role": "user", "content": rec["question"]}],
+                     "chosen": [{"role": "assistant", "content": ", ".join(objects) + "."}],
+                     "rejected": [{"role": "assistant", "content": ", ".join(objects) + " and a red star."}],
+                     "chosen_score": 1.0, "rejected_score": 0.0, "judge": "test", "prompt_id": rec["id"]})
+    to_dataset(rows).save_to_disk(str(out / "dataset"))
+    return out / "dataset"

@@ -152,6 +152,10 @@ def test_image_labeler_on_tiny_checkpoint(tiny_checkpoint, tmp_path):
         assert [c["text"] for c in j["claims"]] == ["circle", "star"]
         assert j["score"] == -sum(not c["verdict"] for c in j["claims"])
         assert j["claims"][0]["p_yes"] == pytest.approx(alone[records.index(prompts[j["prompt_id"]]) * 3], abs=1e-4)
+    # An image that vanished since sampling fails its candidate's claims, not the run.
+    prompts["gone"] = {"id": "gone", "images": [str(tmp_path / "gone.png")], "question": "Describe the image."}
+    [gone, ok] = judge.judge([{"id": "g", "prompt_id": "gone", "text": "a star"}, cands[0]], prompts)
+    assert gone["score"] is None and "gone.png" in gone["error"] and ok["score"] == out[0]["score"]
     info = judge.manifest_info()
     assert info["labeler"] == "in-memory model" and info["yes_token_ids"] == yes and judge.stats is None
 

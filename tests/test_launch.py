@@ -42,24 +42,6 @@ def test_zero_needs_gpu_and_unknown_config_is_named():
         launch_command("nope.yaml", 2, [])
 
 
-@pytest.fixture(scope="module")
-def pairs_dataset(tmp_path_factory):
-    from halign.data_gen import toy_world
-    from halign.data_gen.pairs import to_dataset
-
-    out = tmp_path_factory.mktemp("pairs")
-    cfg = toy_world.ToyWorldConfig()
-    rows = []
-    for rec in toy_world.write_prompts(cfg, "dpo", 8, out / "world"):
-        objects = [f"a {o['color']} {o['shape']}" for o in rec["ground_truth"]]
-        rows.append({"image_paths": rec["images"], "prompt": [{"role": "user", "content": rec["question"]}],
-                     "chosen": [{"role": "assistant", "content": ", ".join(objects) + "."}],
-                     "rejected": [{"role": "assistant", "content": ", ".join(objects) + " and a red star."}],
-                     "chosen_score": 1.0, "rejected_score": 0.0, "judge": "test", "prompt_id": rec["id"]})
-    to_dataset(rows).save_to_disk(str(out / "dataset"))
-    return out / "dataset"
-
-
 def test_two_cpu_processes_equal_one(tmp_path, tiny_checkpoint, pairs_dataset):
     # One step over the same 8 pairs: 1 process x 8 or 2 processes x 4. SGD keeps the update linear in the
     # gradient, so the all-reduced DDP step must equal the single-process step.

@@ -14,13 +14,14 @@ RECIPES = sorted(Path(halign.recipes.__file__).parent.rglob("*.yaml"))
 TOY = Path(halign.recipes.__file__).parent / "toy_world.yaml"
 TINY_CKPT = "toy_checkpoint={sft_scenes: 120, sft_steps: 40, batch_size: 16}"  # = demo.QUICK_CHECKPOINT
 TINY_TOY = [TINY_CKPT, "source.n=8", "sample.k=2", "eval.source.n=4", "train.dpo.num_train_epochs=1",
-            "train.dpo.per_device_train_batch_size=8"]
+            "train.dpo.per_device_train_batch_size=8", "sample.max_new_tokens=32", "eval.max_new_tokens=32"]
 # A real-checkpoint recipe shrunk onto the toy world: same stage chain, tiny model, offline judge.
 TINY_REAL = ["model=toy", TINY_CKPT, "rounds=1", "source={type: toy_world, split: dpo, n: 8}", "sample.k=2",
              "sample.dtype=float32", "sample.max_new_tokens=32", "judge={name: grounding, vocabulary: toy}",
              "pairs={strategy: gap, min_gap: 1.0, sample_num: 2}", "train.dtype=float32",
              "train.accelerate_config=null", "train.dpo.num_train_epochs=1", "train.dpo.per_device_train_batch_size=8",
-             "train.dpo.gradient_accumulation_steps=1", "train.dpo.activation_checkpointing=false", "eval=null"]
+             "train.dpo.gradient_accumulation_steps=1", "train.dpo.activation_checkpointing=false",
+             "train.dpo.bf16=false", "eval=null"]
 
 
 def test_recipes_are_found():

@@ -25,7 +25,7 @@ import torch
 
 from halign.rewards.judges.caption import (Schema, failed_judgment, load_template, parse_json_reply,
                                            question_text, validate)
-from halign.rewards.judges.llm_client import ClientConfig, InvalidOutput, JudgeRequest, JudgeResult, LLMClient
+from halign.rewards.judges.llm_client import ClientConfig, JudgeRequest, JudgeResult, LLMClient
 
 SPLITTERS = ("llm", "objects")
 VERIFIERS = ("caption", "image")
@@ -100,14 +100,23 @@ class ImageLabeler:
         self.yes_ids, self.no_ids = answer_token_ids(processor.tokenizer)
 
     @torch.no_grad()
-    def p_yes(self, items: list[tuple[tuple[str, ...], str]], progress: bool = False) -> list[float]:
-        """P(yes) / (P(yes) + P(no)) for each (image paths, question); identical items are asked once."""
+    def p_yes(self, items: list[tuple[tuple[str, ...], str]], progress: bool = False) -> list[float | None]:
+        """P(yes) / (P(yes) + P(no)) for each (image paths, question); identical items are asked once.
+
+        None where an image cannot be read (the reason is in `self.errors`, keyed by the image paths)."""
         from tqdm.auto import tqdm
 
         from halign.data_gen.sample import load_images, user_messages
 
-        unique = list(dict.fromkeys(items))
         answers: dict = {}
+        self.errors: dict = {}
+        loaded: dict[tuple[str, ...], list] = {}
+        for paths in dict.fromkeys(paths for paths, _ in items):
+            try:
+                loaded[paths] = load_images({"id": "claims labeler", "images": list(paths)})
+            except ValueError as err:  # an unreadable image fails its claims, not the whole run
+                self.errors[paths] = str(err)
+        unique = [item for item in dict.fromkeys(items) if item[0] in loaded]
         tokenizer = self.processor.tokenizer
         device = next(self.model.parameters()).device
         for start in tqdm(range(0, len(unique), self.batch_size), desc="claims labeler", disable=not progress):
@@ -115,7 +124,7 @@ class ImageLabeler:
             records = [{"id": q, "images": list(paths), "question": q} for paths, q in batch]
             texts = [self.processor.apply_chat_template(user_messages(r), add_generation_prompt=True,
                                                         tokenize=False) for r in records]
-            images = [load_images(r) for r in records]
+            images = [loaded[paths] for paths, _ in batch]
             inputs = self.processor(images=images if any(images) else None, text=texts, padding=True,
                                     padding_side="left", return_tensors="pt", add_special_tokens=False).to(device)
             # generate() for one token rather than a bare forward: it derives position ids from the attention
@@ -127,7 +136,7 @@ class ImageLabeler:
             p_no = probs[:, self.no_ids].sum(-1)
             for item, y, n in zip(batch, p_yes.tolist(), p_no.tolist()):
                 answers[item] = y / (y + n) if y + n > 0 else 0.5
-        return [answers[item] for item in items]
+        return [answers.get(item) for item in items]
 
 
 # ---------------------------------------------------------------------------------------------- judge
@@ -243,8 +252,11 @@ class ClaimsJudge:
     def verify(self, questions: list[tuple[dict, str]]) -> list[tuple[float | None, JudgeResult]]:
         """(P(yes), result) per (prompt, question); P(yes) is 1/0 for the caption LLM, None when it failed."""
         if self.verifier == "image":
-            p = self.labeler.p_yes([(tuple(pr["images"]), q) for pr, q in questions], progress=self.progress)
-            return [(v, JudgeResult(parsed={})) for v in p]
+            items = [(tuple(pr["images"]), q) for pr, q in questions]
+            p = self.labeler.p_yes(items, progress=self.progress)
+            return [(v, JudgeResult(parsed={}) if v is not None else
+                     JudgeResult(parsed=None, error=self.labeler.errors.get(item[0], "labeler failed")))
+                    for v, item in zip(p, items)]
         requests = [self._request("verify", {"caption": str(pr["caption"]), "claim_question": q}, parse_answer)
                     for pr, q in questions]
         results = self.client.run(requests, progress=self.progress) if requests else []
