@@ -44,6 +44,9 @@ class TrainConfig:
     # Hallucination tracking during training, e.g. {"every_n_steps": 50, "n": 50} (toy world held-out scenes)
     # or {"prompts": "eval.jsonl", "vocabulary": "objects.json", "every_n_steps": 100}; None = off.
     track: dict | None = None
+    # True: FastVisionDPOTrainer (align/fast_dpo.py): trl's loss with precomputed reference log-probs and one
+    # packed row per pair; families it cannot pack fall back to trl's DPOTrainer with a log line.
+    fast: bool = False
 
     def dpo_args(self) -> dict:
         return {**DEFAULT_DPO, **self.dpo}
@@ -123,9 +126,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     main_process = int(os.environ.get("RANK", "0")) == 0
     dataset, pair_check = validate_pairs(dataset, processor, max_length=dpo_config.max_length,
                                          strict=cfg.strict_pairs, out_dir=out if main_process else None)
+    trainer_cls, collator = DPOTrainer, make_data_collator(processor, dpo_config)
+    if cfg.fast:
+        from halign.align.fast_dpo import FastVisionDPOTrainer
+        from halign.align.packing import packing_unsupported
+
+        why = packing_unsupported(model)
+        if why:
+            print(f"fast DPO: falling back to trl's DPOTrainer ({why})")
+        else:
+            trainer_cls, collator = FastVisionDPOTrainer, None
+            keep = keep + [c for c in ("prompt_id",) if c in dataset.column_names]  # names records in errors
     dataset = dataset.select_columns(keep)
-    trainer = DPOTrainer(model=model, args=dpo_config, train_dataset=dataset, processing_class=processor,
-                         peft_config=lora_config, data_collator=make_data_collator(processor, dpo_config))
+    trainer = trainer_cls(model=model, args=dpo_config, train_dataset=dataset, processing_class=processor,
+                          peft_config=lora_config, data_collator=collator)
     if cfg.track:
         attach_tracking(trainer, cfg.track, processor, out)
     result = trainer.train()

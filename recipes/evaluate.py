@@ -1,5 +1,9 @@
 """`halign eval`: generate with a checkpoint (greedy), then score a hallucination benchmark.
 
+Benchmarks: `toy` (describe each held-out toy scene; CHAIR-style object hallucination against the exact
+ground truth) and `pope` (answer every yes/no existence question of each held-out toy scene; POPE metrics
+per kind).
+
 Generation is data_gen's sampler with temperature 0; scoring is a `Metric` from rewards/. The report
 has the schema every later tool reads: `model`, `benchmark`, `n`, `metrics`, `per_item`.
 """
@@ -29,6 +33,7 @@ def evaluate(model, processor, prompts: list[dict], metric, model_name: str, max
         "settings": {"decoding": "greedy", "max_new_tokens": max_new_tokens, **scored.get("settings", {})},
         "missing_ids": scored.get("missing_ids", []),
         "per_item": scored["per_item"],
+        **({"kinds": scored["kinds"]} if "kinds" in scored else {}),  # POPE: the per-kind table
         "wall_seconds": round(time.time() - started, 2),
     }
 
@@ -40,10 +45,17 @@ def toy_metric():
     return ObjectHallucinationMetric(ToyWorldConfig().vocabulary())
 
 
+def pope_metric():
+    from halign.rewards.toy_pope import ToyPopeMetric
+
+    return ToyPopeMetric()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint folder (or a LoRA adapter folder)")
-    parser.add_argument("--bench", choices=["toy"], default="toy")
-    parser.add_argument("--prompts", help="prompt records with ground-truth `objects` (default: toy world eval split)")
+    parser.add_argument("--bench", choices=["toy", "pope"], default="toy")
+    parser.add_argument("--prompts", help="prompt records with ground-truth `objects` (toy) or `pope` questions "
+                                          "(pope) (default: toy world eval split)")
     parser.add_argument("--n", type=int, default=300, help="toy world: number of held-out scenes")
     parser.add_argument("--out", required=True, help="report JSON path")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -58,10 +70,20 @@ def main(args: argparse.Namespace) -> int:
         prompts = read_records(args.prompts)
     else:
         prompts = toy_world.write_prompts(toy_world.ToyWorldConfig(), "eval", args.n, out.parent / "toy_eval")
+    if args.bench == "pope":
+        from halign.rewards.toy_pope import pope_prompts
+
+        prompts = pope_prompts(prompts)  # one prompt per question, same image
     model, processor = load_policy(args.model)
-    report = evaluate(model, processor, prompts, toy_metric(), args.model, args.max_new_tokens)
+    metric = pope_metric() if args.bench == "pope" else toy_metric()
+    report = evaluate(model, processor, prompts, metric, args.model, args.max_new_tokens)
     write_json(out, report)
     m = report["metrics"]
-    print(f"{args.bench}: n={m['n']} CHAIR_s={m['chair_s']:.3f} CHAIR_i={m['chair_i']:.3f} "
-          f"recall={m['recall']:.3f} len={m['mean_len']:.1f} -> {out}")
+    if args.bench == "pope":
+        kinds = " ".join(f"{k}:acc={r['accuracy']:.3f}/f1={r['f1']:.3f}" for k, r in report["kinds"].items())
+        print(f"pope: n={m['n']} accuracy={m['accuracy']:.3f} f1={m['f1']:.3f} yes_ratio={m['yes_ratio']:.3f} "
+              f"({kinds}) -> {out}")
+    else:
+        print(f"{args.bench}: n={m['n']} CHAIR_s={m['chair_s']:.3f} CHAIR_i={m['chair_i']:.3f} "
+              f"recall={m['recall']:.3f} len={m['mean_len']:.1f} -> {out}")
     return 0

@@ -1,7 +1,8 @@
-"""`halign score chair|pope|amber|pope-questions`: score existing responses, print a table, write report.json.
+"""`halign score chair|pope|amber|pope-questions|mmhal`: score existing responses, print a table, write
+report.json.
 
 Each benchmark is a sub-subcommand with its own flags; the scoring itself lives in chair.py / pope.py /
-amber.py so the Python API and the CLI share one code path.
+amber.py / mmhal.py so the Python API and the CLI share one code path.
 """
 
 from __future__ import annotations
@@ -53,6 +54,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     amber.add_argument("--id-key", default="id")
     amber.add_argument("--response-key", default="response")
     amber.add_argument("--out", help="report.json path")
+
+    mmhal = sub.add_parser("mmhal", help="MMHal-Bench-style 0-6 LLM-judge ratings: score, hallucination rate")
+    mmhal.add_argument("--input", required=True, help="responses: JSONL or JSON list (question_id = item index, "
+                                                      "or image_id + question, or the items' order)")
+    mmhal.add_argument("--items", help="MMHal-Bench items JSON (default: mmhal_bench_template.json in "
+                                       "$HALIGN_DATA_DIR or ../shared/data)")
+    mmhal.add_argument("--response-key", help="response field (default: first of model_answer, response, text, ...)")
+    mmhal.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    mmhal.add_argument("--model", required=True, help="judge model name")
+    mmhal.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    mmhal.add_argument("--concurrency", type=int, default=16)
+    mmhal.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    mmhal.add_argument("--max-retries", type=int, default=5)
+    mmhal.add_argument("--cache", help="on-disk judge cache folder (a rerun pays only for what is missing)")
+    mmhal.add_argument("--no-progress", action="store_true")
+    mmhal.add_argument("--out", help="report.json path")
 
 
 def _table(title: str, columns: list[str], rows: list[list]) -> None:
@@ -147,7 +164,31 @@ def _run_amber(args, started: float) -> int:
     return _finish(report, args, started)
 
 
-RUNNERS = {"chair": _run_chair, "pope": _run_pope, "pope-questions": _run_pope_questions, "amber": _run_amber}
+def _run_mmhal(args, started: float) -> int:
+    from halign.rewards.chair import data_dir
+    from halign.rewards.mmhal import ITEMS_FILE, MMHalJudge, score_mmhal
+
+    items = read_records(args.items or data_dir() / ITEMS_FILE)
+    records = read_records(args.input)
+    judge = MMHalJudge(model=args.model, base_url=args.base_url, api_key_env=args.api_key_env,
+                       concurrency=args.concurrency, timeout=args.timeout, max_retries=args.max_retries,
+                       cache_dir=args.cache, progress=not args.no_progress)
+    report = score_mmhal(records, items, judge, response_key=args.response_key)
+    report.update({"input": str(args.input), "items": str(args.items or data_dir() / ITEMS_FILE)})
+    cols = ["average_score", "hallucination_rate", "informativeness"]
+    rows = [[name] + [r[c] for c in cols] + [r["n"]] for name, r in report["per_type"].items()]
+    rows.append(["all"] + [report["metrics"][c] for c in cols] + [report["n"]])
+    _table(f"MMHal (judge {args.model})", ["question type"] + cols + ["n"], rows)
+    usage = report["usage"]
+    print(f"rated {report['n']}, failed {report['n_failed']} (no valid rating; not scored), "
+          f"cache hits {usage['cache_hits']}, calls {usage['calls']}")
+    if report["n_unanswered"]:
+        print(f"warning: {report['n_unanswered']} item(s) had no response (listed in unanswered_ids)")
+    return _finish(report, args, started)
+
+
+RUNNERS = {"chair": _run_chair, "pope": _run_pope, "pope-questions": _run_pope_questions, "amber": _run_amber,
+           "mmhal": _run_mmhal}
 
 
 def main(args: argparse.Namespace) -> int:

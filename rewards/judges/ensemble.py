@@ -131,7 +131,7 @@ def _round(value):
 class EnsembleJudge:
     name = "ensemble"
 
-    def __init__(self, judges: list, mode: str = "mean", normalize: str = "zscore",
+    def __init__(self, judges: list | None = None, mode: str = "mean", normalize: str = "zscore",
                  cache_dir: str | Path | None = None, progress: bool = True):
         """`judges`: built-in names / dotted paths, dicts {"judge": name, **options}, or Judge instances."""
         from halign.rewards.judges.registry import accepted_options, build_judge, judge_class
@@ -141,7 +141,8 @@ class EnsembleJudge:
         if normalize not in ("zscore", "none"):
             raise ValueError(f"ensemble judge: normalize must be 'zscore' or 'none', got {normalize!r}")
         if not isinstance(judges, list) or len(judges) < 2:
-            raise ValueError("ensemble judge: give at least two member judges (judges=[...])")
+            raise ValueError("ensemble judge: give at least two member judges: judges=[...] in Python, "
+                             "--judge-option judges='[\"grounding\", ...]' with halign gen-pairs")
         self.mode, self.normalize = mode, normalize
         self.members, self.labels = [], []
         for i, spec in enumerate(judges):
