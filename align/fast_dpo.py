@@ -89,6 +89,8 @@ class FastVisionDPOTrainer(DPOTrainer):
 
     def attach_ref_logps(self, dataset, cache_dir: str | Path | None = None):
         """`dataset` plus ref_chosen_logps / ref_rejected_logps columns, from the cache or one reference pass."""
+        # The reference is frozen, so its log-probs depend only on (weights, pairs, max_length): pay one no-grad
+        # pass per such triple instead of a reference forward on every step of every epoch.
         cache_dir = Path(cache_dir) if cache_dir else self._default_cache_dir(dataset)
         values = None
         if cache_dir is not None:

@@ -93,7 +93,8 @@ class PackedPairCollator:
             if image_token is not None and int(prefix[-1]) == image_token:
                 raise ValueError(f"{_record_name(example, i)}: the prompt ends on an image token; packing needs a "
                                  "text token there (use fast: false for this template)")
-            # Truncation cuts completion text only, as trl's keep_start does when no image token is at stake.
+            # Only completion text is cut: image tokens must match the image features one for one, and trl's
+            # keep_start would cut them too once prompt + images pass max_length.
             keep = None if self.max_length is None else self.max_length - n
             chosen = sides["chosen"]["input_ids"][i][sides["chosen"]["attention_mask"][i].bool()][:keep]
             rejected = sides["rejected"]["input_ids"][i][sides["rejected"]["attention_mask"][i].bool()][:keep]
@@ -121,7 +122,9 @@ class PackedPairCollator:
         causal = torch.ones((width, width), dtype=torch.bool).tril()
         for i, (prefix, chosen, rejected) in enumerate(rows):
             n, c, r = len(prefix), len(chosen), len(rejected)
-            x = n + c  # index of the copy of the last prefix token
+            # x re-reads the last prefix token so rejected[0] gets its own prediction slot: the vision tower and
+            # the shared prompt then run once per pair instead of twice.
+            x = n + c
             end = x + 1 + r
             input_ids[i, :end] = torch.cat([prefix, chosen, prefix[-1:], rejected])
             position_ids[i, :end] = torch.cat([torch.arange(n + c), torch.arange(n - 1, n + r)])

@@ -32,6 +32,7 @@ class SampleConfig:
     shard: str = "0/1"
     dtype: str = "float32"
     device: str | None = None
+    backend: str = "hf"  # "hf" (batched transformers generate) or "vllm" (needs the vllm extra)
 
     def __post_init__(self):
         if self.k < 1:
@@ -43,6 +44,8 @@ class SampleConfig:
         if self.temperature == 0 and self.k > 1:
             raise ValueError("greedy decoding (temperature 0) gives one answer: set k=1 or temperature > 0")
         parse_shard(self.shard)
+        if self.backend not in ("hf", "vllm"):
+            raise ValueError(f"backend must be 'hf' or 'vllm', got {self.backend!r}")
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -130,10 +133,16 @@ def run(cfg: SampleConfig, prompts_path: str | Path, out_dir: str | Path, model=
             usable.append(rec)
         except ValueError as err:
             skipped.append({"id": rec.get("id"), "reason": str(err)})
-    if model is None:
-        model, processor = load_policy(cfg.model, cfg.dtype, cfg.device)
-    texts = generate_texts(model, processor, usable, cfg.k, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
-                           cfg.batch_size, cfg.seed, desc="sampling", progress=progress)
+    if cfg.backend == "vllm":
+        from halign.data_gen.vllm_backend import generate_texts_vllm
+
+        texts = generate_texts_vllm(cfg.model, usable, cfg.k, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
+                                    cfg.seed)
+    else:
+        if model is None:
+            model, processor = load_policy(cfg.model, cfg.dtype, cfg.device)
+        texts = generate_texts(model, processor, usable, cfg.k, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
+                               cfg.batch_size, cfg.seed, desc="sampling", progress=progress)
     candidates, duplicates = [], 0
     params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
               "seed": cfg.seed}
@@ -163,7 +172,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint folder or hub id (loaded with the Auto classes)")
     parser.add_argument("--prompts", required=True, help="prompt records (JSONL or JSON list)")
     parser.add_argument("--out", required=True, help="output folder")
-    for name in ("k", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "shard", "dtype", "device"):
+    for name in ("k", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "shard", "dtype", "device",
+                 "backend"):
         default = SampleConfig.__dataclass_fields__[name].default
         parser.add_argument("--" + name.replace("_", "-"), type=type(default) if default is not None else str,
                             default=default)
@@ -173,6 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = SampleConfig(model=args.model, k=args.k, temperature=args.temperature, top_p=args.top_p,
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-                       dedupe=not args.no_dedupe, shard=args.shard, dtype=args.dtype, device=args.device)
+                       dedupe=not args.no_dedupe, shard=args.shard, dtype=args.dtype, device=args.device,
+                       backend=args.backend)
     print(run(cfg, args.prompts, args.out))
     return 0

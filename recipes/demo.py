@@ -17,6 +17,7 @@ from pathlib import Path
 from halign.data_gen.io import ensure_writable_dir, read_records, write_json, write_jsonl, write_manifest
 
 METRICS = ("chair_s", "chair_i", "recall", "mean_len", "n")
+POPE_METRICS = ("accuracy", "f1", "yes_ratio")
 # A checkpoint that builds in seconds, for --quick (the tests share it through the cache).
 QUICK_CHECKPOINT = {"sft_scenes": 120, "sft_steps": 40, "batch_size": 16}
 
@@ -58,7 +59,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     from halign.data_gen.sample import SampleConfig
     from halign.data_gen.sample import run as sample
     from halign.data_gen.toy_checkpoint import ToyCheckpointConfig, get_toy_checkpoint
-    from halign.recipes.evaluate import evaluate, toy_metric
+    from halign.recipes.evaluate import evaluate, pope_metric, toy_metric
+    from halign.rewards.toy_pope import pope_prompts
     from halign.rewards.judges.cli import run_judge
 
     started = time.time()
@@ -90,6 +92,12 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     before = evaluate(model, processor, eval_prompts, metric, str(checkpoint), progress=progress,
                       desc="scoring before")
     write_json(run_dir / "report_before.json", before)
+    # A second metric the grounding judge never computes (DESIGN: judges never see their evaluator):
+    # yes/no existence questions, random / popular / adversarial negatives.
+    pope_items = pope_prompts(eval_prompts)
+    pope_before = evaluate(model, processor, pope_items, pope_metric(), str(checkpoint), max_new_tokens=4,
+                           progress=progress, desc="POPE before")
+    write_json(run_dir / "pope_before.json", pope_before)
     lap("eval_before", t0)
 
     t0 = time.time()
@@ -123,11 +131,16 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     model, processor = load_policy(trained)
     after = evaluate(model, processor, eval_prompts, metric, str(trained), progress=progress, desc="scoring after")
     write_json(run_dir / "report_after.json", after)
+    pope_after = evaluate(model, processor, pope_items, pope_metric(), str(trained), max_new_tokens=4,
+                          progress=progress, desc="POPE after")
+    write_json(run_dir / "pope_after.json", pope_after)
     lap("eval_after", t0)
 
     report = {
         "before": {k: before["metrics"][k] for k in METRICS},
         "after": {k: after["metrics"][k] for k in METRICS},
+        "pope": {"before": {k: pope_before["metrics"][k] for k in POPE_METRICS},
+                 "after": {k: pope_after["metrics"][k] for k in POPE_METRICS}},
         "pairs": pair_summary["pairs"],
         "pair_summary": pair_summary,
         "judge": {"judge": "grounding", **judge_options},
@@ -153,6 +166,9 @@ def print_table(report: dict) -> None:
         change = f"{a / b:.2f}x" if key != "n" and b else ""
         fmt = "{:d}" if key == "n" else "{:.3f}"
         table.add_row(key, fmt.format(b), fmt.format(a), change)
+    for key in POPE_METRICS:
+        b, a = report["pope"]["before"][key], report["pope"]["after"][key]
+        table.add_row(f"POPE {key}", f"{b:.3f}", f"{a:.3f}", f"{a / b:.2f}x" if b else "")
     console = Console()
     console.print(table)
     console.print(f"pairs: {report['pairs']}  judge: {report['judge']['judge']}  "

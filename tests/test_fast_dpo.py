@@ -9,7 +9,7 @@ KEEP = ["images", "prompt", "chosen", "rejected"]
 
 
 def _build(tiny_checkpoint, pairs_dataset, tmp_path, fast: bool, lora: bool, dpo: dict | None = None,
-           checkpoint=None, cache_dir=None):
+           checkpoint=None, cache_dir=None, attention=None):
     import datasets
     from trl import DPOTrainer
 
@@ -23,6 +23,8 @@ def _build(tiny_checkpoint, pairs_dataset, tmp_path, fast: bool, lora: bool, dpo
     args.disable_tqdm = True
     dataset = datasets.load_from_disk(str(pairs_dataset)).select_columns(KEEP + (["prompt_id"] if fast else []))
     model, processor = load_policy(cfg.model)
+    if attention:
+        model.set_attn_implementation(attention)
     model.train()
     if fast:
         return FastVisionDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
@@ -63,10 +65,12 @@ def _assert_same(reference, fast):
     assert any(g.abs().max() > 1e-4 for g in grads_a.values())
 
 
-@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_loss_and_grads_equal_trl(tiny_checkpoint, pairs_dataset, tmp_path, lora):
-    reference = _build(tiny_checkpoint, pairs_dataset, tmp_path, fast=False, lora=lora)
-    fast = _build(tiny_checkpoint, pairs_dataset, tmp_path, fast=True, lora=lora)
+@pytest.mark.parametrize("lora,attention", [(True, "sdpa"), (False, "sdpa"), (True, "eager"), (False, "eager")],
+                         ids=["lora-sdpa", "full-sdpa", "lora-eager", "full-eager"])
+def test_loss_and_grads_equal_trl(tiny_checkpoint, pairs_dataset, tmp_path, lora, attention):
+    reference = _build(tiny_checkpoint, pairs_dataset, tmp_path, fast=False, lora=lora, attention=attention)
+    fast = _build(tiny_checkpoint, pairs_dataset, tmp_path, fast=True, lora=lora, attention=attention)
+    assert fast.model.config.get_text_config()._attn_implementation == attention
     assert fast.ref_model is None  # no reference copy held during training
     _perturb([reference, fast])
     _assert_same(reference, fast)
@@ -75,7 +79,7 @@ def test_loss_and_grads_equal_trl(tiny_checkpoint, pairs_dataset, tmp_path, lora
 @pytest.mark.parametrize("dpo", [
     {"loss_type": ["ipo"], "beta": 0.5},
     {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.3]},
-    {"loss_type": ["sigmoid", "hinge"], "max_length": 40},  # completions truncated, images kept
+    {"loss_type": ["sigmoid", "hinge"], "max_length": 24},  # prompts are 15 tokens: completions cut
 ], ids=["ipo", "sigmoid+sft", "truncated"])
 def test_loss_mixtures_and_truncation_equal_trl(tiny_checkpoint, pairs_dataset, tmp_path, dpo):
     reference = _build(tiny_checkpoint, pairs_dataset, tmp_path, fast=False, lora=True, dpo=dpo)
@@ -115,7 +119,7 @@ def test_ref_cache_reused_and_invalidated(tiny_checkpoint, pairs_dataset, tmp_pa
     assert third.train_dataset["ref_chosen_logps"] != first.train_dataset["ref_chosen_logps"]
     # Another max_length: another key.
     fourth = _build(tiny_checkpoint, pairs_dataset, tmp_path, fast=True, lora=True, cache_dir=cache,
-                    dpo={"max_length": 40})
+                    dpo={"max_length": 24})
     assert not fourth.ref_cache_hit and fourth.ref_cache_file != first.ref_cache_file
 
 
@@ -136,7 +140,7 @@ def test_truncation_never_cuts_image_tokens(tiny_checkpoint, pairs_dataset):
     untruncated = full([dict(r) for r in dataset])
     image_id = processor.image_token_id
     per_row = (untruncated["input_ids"] == image_id).sum(dim=1)
-    for max_length in (30, 34, 40):
+    for max_length in (16, 20, 24):
         collator, _ = _collator(tiny_checkpoint, max_length)
         try:
             batch = collator([dict(r) for r in dataset])
@@ -176,3 +180,16 @@ def test_train_fast_wiring(tiny_checkpoint, pairs_dataset, tmp_path):
                             dpo={"num_train_epochs": 1, "per_device_train_batch_size": 4, "logging_steps": 1},
                             fast=True), progress=False)
     assert (out / "adapter_config.json").exists()
+
+
+def test_families_without_custom_masks_fall_back():
+    from tiny_models import build_family
+
+    from halign.align.packing import packing_unsupported
+
+    model, _ = build_family("idefics3", with_processor=False)
+    assert "idefics3" in packing_unsupported(model)
+    model, _ = build_family("llava", with_processor=False)
+    assert packing_unsupported(model) is None
+    model.config.get_text_config()._attn_implementation = "flash_attention_2"
+    assert "flash_attention_2" in packing_unsupported(model)

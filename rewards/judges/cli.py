@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     offline = parser.add_argument_group("grounding judge (offline: mentions vs ground-truth objects)")
     offline.add_argument("--vocabulary", help="'toy' (the toy world's objects) or a JSON file {category: [words]}")
     offline.add_argument("--hallucination-weight", type=float, help="score = covered - weight * hallucinated")
+    parser.add_argument("--judge-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other judge option, value read as JSON when it parses "
+                             "(e.g. splitter=objects, verifier=image, labeler=CKPT, judges='[...]')")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -84,7 +87,10 @@ def _options(judge_spec: str, options: dict, progress: bool, out_dir: Path) -> d
 
 def run(args) -> tuple[Path, list[dict], dict]:
     """The CLI entry: only flags actually given become judge options."""
+    from halign.data_gen.gen_pairs import parse_option
+
     options = {opt: getattr(args, flag) for flag, opt in FLAG_OPTIONS.items() if getattr(args, flag) is not None}
+    options.update(parse_option(text) for text in args.judge_option)
     return run_judge(args.judge, args.input, args.output, args.prompts, options, progress=not args.no_progress)
 
 
