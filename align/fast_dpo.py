@@ -76,9 +76,11 @@ class FastVisionDPOTrainer(DPOTrainer):
 
     def _ref_key(self, dataset) -> str:
         model = self.accelerator.unwrap_model(self.model)
-        path = getattr(model.config, "_name_or_path", None)
-        source = self.ref_model if self.ref_model is not None else model
-        parts = {"reference": hash_reference(path, source), "dataset": dataset._fingerprint,
+        if self.ref_model is not None:  # full mode: trl loaded the reference from these files
+            reference = hash_reference(getattr(self.ref_model.config, "_name_or_path", None), self.ref_model)
+        else:  # LoRA: the in-memory base is the reference (it may hold a merged earlier adapter)
+            reference = hash_reference(None, model)
+        parts = {"reference": reference, "dataset": dataset._fingerprint,
                  "max_length": self.args.max_length, "dtype": str(model.dtype), "version": CACHE_VERSION}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
