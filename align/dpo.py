@@ -46,7 +46,7 @@ class TrainConfig:
     track: dict | None = None
     # True: FastVisionDPOTrainer (align/fast_dpo.py): trl's loss with precomputed reference log-probs and one
     # packed row per pair; families it cannot pack fall back to trl's DPOTrainer with a log line.
-    fast: bool = False
+    fast: bool = True
 
     def dpo_args(self) -> dict:
         return {**DEFAULT_DPO, **self.dpo}
@@ -131,7 +131,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         from halign.align.fast_dpo import FastVisionDPOTrainer
         from halign.align.packing import packing_unsupported
 
+        from halign.align.fast_dpo import check_supported
+
         why = packing_unsupported(model)
+        if not why and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+            why = "not yet verified under DeepSpeed ZeRO"
+        if not why:
+            try:
+                check_supported(dpo_config)
+            except ValueError as err:  # a loss or setting only trl implements: trl's path, same results
+                why = str(err).replace("; use fast: false", "")
         if why:
             print(f"fast DPO: falling back to trl's DPOTrainer ({why})")
         else:
@@ -152,7 +161,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     write_manifest(out, "train", dataclasses.asdict(cfg), {"pairs": pairs_path}, started, extra={
         "train_runtime": result.metrics.get("train_runtime"), "steps": trainer.state.global_step,
         "final_loss": history[-1]["loss"] if history else None, "pairs": len(dataset),
-        "mode": "lora" if lora_config else "full", "world_size": trainer.args.world_size, "pair_check": pair_check,
+        "mode": "lora" if lora_config else "full", "world_size": trainer.args.world_size,
+        "trainer": type(trainer).__name__, "pair_check": pair_check,
     })
     return out
 
