@@ -28,7 +28,7 @@ def evaluate(model, processor, prompts: list[dict], metric, model_name: str, max
     return {
         "model": model_name,
         "benchmark": scored["benchmark"],
-        "n": scored["metrics"]["n"],
+        "n": scored["metrics"].get("n", scored.get("n")),
         "metrics": scored["metrics"],
         "settings": {"decoding": "greedy", "max_new_tokens": max_new_tokens, **scored.get("settings", {})},
         "missing_ids": scored.get("missing_ids", []),
@@ -53,7 +53,12 @@ def pope_metric():
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint folder (or a LoRA adapter folder)")
-    parser.add_argument("--bench", choices=["toy", "pope"], default="toy")
+    parser.add_argument("--bench", choices=["toy", "pope", "chair", "amber"], default="toy")
+    parser.add_argument("--gt", action="append", help="chair: ground truth (object-set JSON or COCO annotation "
+                                                      "files), repeatable")
+    parser.add_argument("--synonyms", default="lisaanne", help="chair: synonym list (name or file)")
+    parser.add_argument("--lemmatizer", default="singularize", choices=["singularize", "pos"])
+    parser.add_argument("--amber-dir", help="amber: folder with annotations.json, relation.json, safe_words.txt")
     parser.add_argument("--prompts", help="prompt records with ground-truth `objects` (toy) or `pope` questions "
                                           "(pope) (default: toy world eval split)")
     parser.add_argument("--n", type=int, default=300, help="toy world: number of held-out scenes")
@@ -74,8 +79,28 @@ def main(args: argparse.Namespace) -> int:
         from halign.rewards.toy_pope import pope_prompts
 
         prompts = pope_prompts(prompts)  # one prompt per question, same image
-    model, processor = load_policy(args.model)
+    if args.bench in ("chair", "amber") and not args.prompts:
+        raise ValueError(f"--bench {args.bench} needs --prompts: records with `id` (the image id), `images` and "
+                         f"`question` (e.g. 'Describe this image in detail.')")
     metric = pope_metric() if args.bench == "pope" else toy_metric()
+    if args.bench == "chair":
+        from halign.rewards.chair import ChairMetric, load_chair_gt, lookup_gt
+
+        if not args.gt:
+            raise ValueError("--bench chair needs --gt (object-set JSON or COCO annotation files)")
+        metric = ChairMetric(args.lemmatizer, args.synonyms, id_key="id", caption_key="text")
+        gt = load_chair_gt(args.gt, metric.vocab)
+        for p in prompts:  # records the ground truth lacks are listed as missing_ids, not dropped
+            found = lookup_gt(gt, p["id"])
+            if found is not None:
+                p["objects"] = sorted(found)
+    elif args.bench == "amber":
+        from halign.rewards.amber import AmberData, AmberMetric
+        from halign.rewards.chair import data_dir
+
+        amber_dir = args.amber_dir or data_dir() / "amber"
+        metric = AmberMetric(AmberData.from_dir(amber_dir), id_key="id", response_key="text")
+    model, processor = load_policy(args.model)
     report = evaluate(model, processor, prompts, metric, args.model, args.max_new_tokens)
     write_json(out, report)
     m = report["metrics"]
@@ -83,7 +108,10 @@ def main(args: argparse.Namespace) -> int:
         kinds = " ".join(f"{k}:acc={r['accuracy']:.3f}/f1={r['f1']:.3f}" for k, r in report["kinds"].items())
         print(f"pope: n={m['n']} accuracy={m['accuracy']:.3f} f1={m['f1']:.3f} yes_ratio={m['yes_ratio']:.3f} "
               f"({kinds}) -> {out}")
+    elif args.bench == "amber":
+        print(f"amber: n={report['n']} " + " ".join(f"{k}={v:.3f}" for k, v in m.items()
+                                                   if isinstance(v, float)) + f" -> {out}")
     else:
-        print(f"{args.bench}: n={m['n']} CHAIR_s={m['chair_s']:.3f} CHAIR_i={m['chair_i']:.3f} "
+        print(f"{args.bench}: n={report['n']} CHAIR_s={m['chair_s']:.3f} CHAIR_i={m['chair_i']:.3f} "
               f"recall={m['recall']:.3f} len={m['mean_len']:.1f} -> {out}")
     return 0

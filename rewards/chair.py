@@ -276,6 +276,8 @@ class ChairMetric:
         self.mode, self.id_key, self.caption_key = mode, id_key, caption_key
 
     def score(self, responses: list[dict], references: dict) -> dict:
-        gt = {k: (v.get("objects", []) if isinstance(v, dict) else v) for k, v in references.items()}
+        # A reference record without `objects` has no ground truth: its id is reported as missing.
+        gt = {k: (v["objects"] if isinstance(v, dict) else v) for k, v in references.items()
+              if not isinstance(v, dict) or "objects" in v}
         return score_chair(responses, gt, id_key=self.id_key, caption_key=self.caption_key, mode=self.mode,
                            vocab=self.vocab)

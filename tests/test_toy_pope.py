@@ -73,3 +73,35 @@ def test_eval_bench_pope_with_tiny_checkpoint(tiny_checkpoint, tmp_path, capsys)
     assert again["metrics"] == report["metrics"]
     assert report["settings"]["decoding"] == "greedy"
     assert "pope: n=" in capsys.readouterr().out
+
+
+def test_eval_bench_chair_generates_then_scores(tmp_path, tiny_checkpoint):
+    """`halign eval --bench chair`: the COCO path end to end on toy images with a hand-written ground truth."""
+    import json
+
+    from halign.data_gen import toy_world
+    from halign.recipes.cli import main
+
+    records = toy_world.write_prompts(toy_world.ToyWorldConfig(), "eval", 3, tmp_path / "world")
+    prompts = [{"id": str(100 + i), "images": r["images"], "question": "Describe the image."}
+               for i, r in enumerate(records)]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    (tmp_path / "gt.json").write_text(json.dumps({"100": ["dog"], "101": ["cat", "bowl"]}))  # 102 has none
+    synonyms = tmp_path / "syn.txt"
+    synonyms.write_text("dog, doggy\ncat, kitty\nbowl\n")
+    out = tmp_path / "chair.json"
+    assert main(["eval", "--model", str(tiny_checkpoint), "--bench", "chair", "--prompts",
+                 str(tmp_path / "prompts.jsonl"), "--gt", str(tmp_path / "gt.json"), "--synonyms", str(synonyms),
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "chair" and report["n"] == 2
+    assert report["missing_ids"] == ["102"]
+    # Toy captions mention no COCO object: nothing hallucinated, nothing covered.
+    assert report["metrics"]["chair_i"] == 0.0 and report["metrics"]["recall"] == 0.0
+
+
+def test_eval_chair_without_prompts_is_a_clear_error(tiny_checkpoint, capsys):
+    from halign.recipes.cli import main
+
+    assert main(["eval", "--model", str(tiny_checkpoint), "--bench", "chair", "--out", "x.json"]) == 2
+    assert "--prompts" in capsys.readouterr().err
