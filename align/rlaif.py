@@ -155,14 +155,9 @@ def run_rlaif(cfg: RlaifConfig, progress: bool = True, log=print) -> dict:
     return summary
 
 
-def plot_rounds(history: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw_rounds(ax, history: list[dict]) -> None:
+    """CHAIR_s, CHAIR_i and recall against the round number on a matplotlib axis."""
     rounds = [h["round"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     for key, label in (("chair_s", "CHAIR_s"), ("chair_i", "CHAIR_i"), ("recall", "recall")):
         ax.plot(rounds, [h[key] for h in history], marker="o", label=label)
     ax.set_xticks(rounds)
@@ -170,6 +165,16 @@ def plot_rounds(history: list[dict], path: Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.legend()
     ax.set_title("hallucination across RLAIF rounds")
+
+
+def plot_rounds(history: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    draw_rounds(ax, history)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

