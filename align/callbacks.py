@@ -9,6 +9,7 @@ with no logger-specific code, plus a JSONL file that survives when no logger is 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -82,3 +83,13 @@ class HallucinationCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if not self.history or self.history[-1]["step"] != state.global_step:
             self._record(state, model)
+
+
+class NanLossGuard(TrainerCallback):
+    """Stops a run whose logged loss is not finite, naming the step (trl's own path; the fast path also
+    names the batch's records, see fast_dpo.compute_loss)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise FloatingPointError(f"non-finite training loss ({loss}) logged at step {state.global_step}")

@@ -47,6 +47,7 @@ class TrainConfig:
     # True: FastVisionDPOTrainer (align/fast_dpo.py): trl's loss with precomputed reference log-probs and one
     # packed row per pair; families it cannot pack fall back to trl's DPOTrainer with a log line.
     fast: bool = True
+    resume: bool = False  # continue from the newest checkpoint under OUTPUT/trainer (dpo.save_strategy=steps)
 
     def dpo_args(self) -> dict:
         return {**DEFAULT_DPO, **self.dpo}
@@ -69,7 +70,9 @@ def make_dpo_config(cfg: TrainConfig, output_dir: Path):
     _check_keys("dpo", args, DPOConfig)
     # Things halign owns: where files go, and no surprise uploads or trackers.
     args.setdefault("report_to", "none")
-    args.update(output_dir=str(output_dir), save_strategy="no", remove_unused_columns=False)
+    args.update(output_dir=str(output_dir), remove_unused_columns=False)
+    # Intermediate checkpoints only when asked for (dpo.save_strategy=steps, dpo.save_steps=N): `resume` uses them.
+    args.setdefault("save_strategy", "no")
     args.setdefault("dataloader_num_workers", 0)
     # trl defaults to bf16, which a CPU cannot do: use it only where the hardware has it.
     import torch
@@ -149,9 +152,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     dataset = dataset.select_columns(keep)
     trainer = trainer_cls(model=model, args=dpo_config, train_dataset=dataset, processing_class=processor,
                           peft_config=lora_config, data_collator=collator)
+    from halign.align.callbacks import NanLossGuard
+
+    trainer.add_callback(NanLossGuard())
     if cfg.track:
         attach_tracking(trainer, cfg.track, processor, out)
-    result = trainer.train()
+    resume = None
+    if cfg.resume:
+        checkpoints = sorted((out / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        resume = str(checkpoints[-1]) if checkpoints else None
+        print(f"resuming from {resume}" if resume else "no checkpoint to resume from: starting fresh")
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out))  # gathers ZeRO-3 shards; writes on the main process only
     if not trainer.accelerator.is_main_process:
         return out
@@ -205,6 +216,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accelerate-config", default=None,
                         help="single | ddp | zero2 | zero3 (shipped configs) or an accelerate config file")
     parser.add_argument("--num-processes", type=int, default=1, help="processes (GPUs) to launch")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in OUT/trainer (save with dpo.save_strategy=steps)")
     parser.add_argument("--track-every", type=int, default=None,
                         help="every N steps, generate on held-out toy scenes and log CHAIR / recall")
     parser.add_argument("overrides", nargs="*", help="dpo.KEY=VALUE or peft.KEY=VALUE")
@@ -222,6 +235,8 @@ def main(args: argparse.Namespace) -> int:
             train_argv.append("--full")
         if args.track_every:
             train_argv += ["--track-every", str(args.track_every)]
+        if args.resume:
+            train_argv.append("--resume")
         argv, env = launch_command(args.accelerate_config or "ddp", args.num_processes, train_argv)
         return subprocess.run(argv, env={**os.environ, **env}).returncode
     dpo, peft = {}, ({} if not args.full else None)
@@ -238,5 +253,5 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"override {item!r}: unknown section {section!r} (or peft.* with --full)")
     track = {"every_n_steps": args.track_every} if args.track_every else None
     print(train(TrainConfig(model=args.model, pairs=args.pairs, output_dir=args.out, dpo=dpo, peft=peft,
-                            track=track)))
+                            track=track, resume=args.resume)))
     return 0

@@ -144,7 +144,7 @@ class FastVisionDPOTrainer(DPOTrainer):
     @staticmethod
     def _sequence_logps(model, inputs):
         """(chosen_logps, rejected_logps, per-token log-probs, chosen mask, rejected mask, outputs)."""
-        kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "segments", *REF_KEYS)}
+        kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "segments", "record_names", *REF_KEYS)}
         outputs = model(**kwargs, labels=inputs["labels"], use_cache=False, fused_lm_head=True)
         per_token = outputs.log_probs  # [b, width - 1]: log p(token t+1 | tokens <= t), 0 where not a label
         segments = inputs["segments"][:, 1:]
@@ -182,6 +182,10 @@ class FastVisionDPOTrainer(DPOTrainer):
             else:  # check_supported ran at start-up; this guards later edits of loss_types
                 raise ValueError(f"fast DPO does not support loss_type {loss_type!r}")
             loss += per_pair.mean() * weight
+        if not torch.isfinite(loss):
+            # Stop here, naming the step and the records: a NaN would otherwise poison every later step.
+            raise FloatingPointError(f"non-finite DPO loss ({loss.item()}) at step {self.state.global_step + 1}, "
+                                     f"batch: {', '.join(inputs.get('record_names', []))}")
         self._log_metrics(mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps,
                           chosen_mask | rejected_mask, outputs)
         return (loss, outputs) if return_outputs else loss

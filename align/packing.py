@@ -103,6 +103,8 @@ class PackedPairCollator:
         for key, value in prompts.items():
             if key not in ("input_ids", "attention_mask"):
                 batch[key] = value  # pixel_values etc.: one image set per pair
+        # Which records this batch holds: a non-finite loss is reported with them.
+        batch["record_names"] = [_record_name(e, i) for i, e in enumerate(examples)]
         for key in ("ref_chosen_logps", "ref_rejected_logps"):
             if key in examples[0]:
                 batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.float32)

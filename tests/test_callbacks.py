@@ -38,3 +38,21 @@ def test_wandb_offline_run_has_the_metrics(tmp_path, tiny_checkpoint, pairs_data
     assert len(runs) == 1
     blobs = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
     assert b"halluc/chair_i" in blobs and b"halluc/recall" in blobs
+
+
+def test_checkpoint_and_resume(tmp_path, tiny_checkpoint, pairs_dataset, capsys):
+    """Stop after 2 of 4 steps with a checkpoint; resuming finishes the last 2 steps, not 4 more."""
+    common = {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "save_strategy": "steps", "save_steps": 2,
+              "logging_steps": 1, "lr_scheduler_type": "constant"}
+    out = tmp_path / "t"
+    train(TrainConfig(model=str(tiny_checkpoint), pairs=str(pairs_dataset), output_dir=str(out),
+                      dpo={**common, "max_steps": 2}), progress=False)
+    assert (out / "trainer" / "checkpoint-2").is_dir()
+    train(TrainConfig(model=str(tiny_checkpoint), pairs=str(pairs_dataset), output_dir=str(out),
+                      dpo={**common, "max_steps": 4}, resume=True), progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["steps"] == 4
+    assert f"resuming from {out / 'trainer' / 'checkpoint-2'}" in capsys.readouterr().out
+    # The restored history holds steps 1-2 from the first run, the resumed run added 3-4: each exactly once.
+    steps_logged = [h["step"] for h in json.loads((out / "train_log.json").read_text()) if "loss" in h]
+    assert steps_logged == [1, 2, 3, 4]

@@ -193,3 +193,18 @@ def test_families_without_custom_masks_fall_back():
     assert packing_unsupported(model) is None
     model.config.get_text_config()._attn_implementation = "flash_attention_2"
     assert "flash_attention_2" in packing_unsupported(model)
+
+
+def test_nan_loss_stops_with_step_and_records(tmp_path, tiny_checkpoint, pairs_dataset):
+    """A non-finite loss stops training at once and names the step and the pairs of the batch."""
+    import pytest
+
+    from halign.align.dpo import TrainConfig, train
+
+    with pytest.raises(FloatingPointError) as err:
+        # beta=inf makes the sigmoid loss non-finite on the first batch.
+        train(TrainConfig(model=str(tiny_checkpoint), pairs=str(pairs_dataset), output_dir=str(tmp_path / "t"),
+                          dpo={"beta": float("inf"), "max_steps": 2, "per_device_train_batch_size": 2}),
+              progress=False)
+    message = str(err.value)
+    assert "step 1" in message and "toy-dpo-" in message
