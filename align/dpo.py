@@ -225,7 +225,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.accelerate_config not in (None, "single") or args.num_processes > 1:
-        import os
         import subprocess
 
         from halign.align.launch import launch_command

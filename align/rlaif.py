@@ -79,8 +79,8 @@ def _eval_prompts(cfg: RlaifConfig, out: Path) -> list[dict]:
 
     world = toy_world.ToyWorldConfig(seed=cfg.seed)
     # Held out from SFT and from every round's prompts.
-    seen = {toy_world.signature(s) for s in toy_world.make_scenes(world, "sft", ToyCheckpointConfig().sft_scenes)}
-    seen |= {toy_world.signature(s) for s in toy_world.make_scenes(world, "dpo", cfg.rounds * cfg.prompts_per_round)}
+    seen = toy_world.signatures(world, "sft", ToyCheckpointConfig().sft_scenes)
+    seen |= toy_world.signatures(world, "dpo", cfg.rounds * cfg.prompts_per_round)
     return toy_world.write_prompts(world, "eval", cfg.eval_n, out / "eval_world", exclude=seen)
 
 

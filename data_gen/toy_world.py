@@ -240,6 +240,11 @@ def make_scenes(cfg: ToyWorldConfig, split: str, n: int, start: int = 0,
     return scenes
 
 
+def signatures(cfg: ToyWorldConfig, split: str, n: int, start: int = 0) -> set[str]:
+    """Signatures of scenes start..start+n of a split: what a held-out set must exclude."""
+    return {signature(s) for s in make_scenes(cfg, split, n, start)}
+
+
 def signature(scene: Scene) -> str:
     """Identity of a drawing: two scenes with equal signatures render to the same pixels."""
     return ";".join(f"{o.shape},{o.color},{o.cx},{o.cy},{o.size}" for o in scene.objects)

@@ -80,8 +80,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     t0 = time.time()
     dpo_prompts = toy_world.write_prompts(world, "dpo", cfg.dpo_scenes, run_dir / "world")
     # Held out for real: no evaluation image repeats a drawing seen in SFT or DPO.
-    seen = {toy_world.signature(s) for s in toy_world.make_scenes(world, "sft", ckpt_cfg.sft_scenes)}
-    seen |= {toy_world.signature(s) for s in toy_world.make_scenes(world, "dpo", cfg.dpo_scenes * cfg.rounds)}
+    seen = toy_world.signatures(world, "sft", ckpt_cfg.sft_scenes)
+    seen |= toy_world.signatures(world, "dpo", cfg.dpo_scenes * cfg.rounds)
     eval_prompts = toy_world.write_prompts(world, "eval", cfg.eval_scenes, run_dir / "world", exclude=seen)
     write_jsonl(run_dir / "world" / "eval_prompts.jsonl", eval_prompts)
     write_jsonl(run_dir / "world" / "dpo_prompts.jsonl", dpo_prompts)

@@ -91,11 +91,11 @@ def seen_scenes(cfg: dict) -> set[str]:
     seen: set[str] = set()
     if cfg["model"] == "toy":
         ckpt = toy_checkpoint_config(cfg)
-        seen |= {toy_world.signature(s) for s in toy_world.make_scenes(ckpt.world, "sft", ckpt.sft_scenes)}
+        seen |= toy_world.signatures(ckpt.world, "sft", ckpt.sft_scenes)
     src = cfg["source"]
     if src["type"] == "toy_world":
         world = toy_world.ToyWorldConfig(**{"seed": cfg["seed"], **(src["world"] or {})})
-        seen |= {toy_world.signature(s) for s in toy_world.make_scenes(world, src["split"], src["n"], src["start"])}
+        seen |= toy_world.signatures(world, src["split"], src["n"], src["start"])
     return seen
 
 
