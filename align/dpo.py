@@ -48,6 +48,10 @@ class TrainConfig:
     # packed row per pair; families it cannot pack fall back to trl's DPOTrainer with a log line.
     fast: bool = True
     resume: bool = False  # continue from the newest checkpoint under OUTPUT/trainer (dpo.save_strategy=steps)
+    # mDPO's image-conditional + anchor terms (align/mdpo.py): true = the paper's settings, or a mapping of
+    # MdpoConfig fields ({"crop_area": [0, 0.2], "anchor_weight": 1.0, ...}); None/false = plain DPO.
+    # Runs on the fast trainer only (it needs the packed rows and precomputed reference log-probs).
+    mdpo: dict | bool | None = None
 
     def dpo_args(self) -> dict:
         return {**DEFAULT_DPO, **self.dpo}
@@ -101,7 +105,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     from halign.align.model import load_policy
     from halign.align.validate import validate_pairs
 
+    from halign.align.mdpo import MdpoConfig
+
     started = time.time()
+    mdpo = MdpoConfig.from_setting(cfg.mdpo)  # bad mdpo keys fail here, before anything loads
     out = ensure_writable_dir(cfg.output_dir)
     dpo_config = make_dpo_config(cfg, out / "trainer")
     dpo_config.disable_tqdm = not progress
@@ -144,14 +151,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 check_supported(dpo_config)
             except ValueError as err:  # a loss or setting only trl implements: trl's path, same results
                 why = str(err).replace("; use fast: false", "")
+        if why and mdpo is not None:
+            raise ValueError(f"mdpo needs the fast DPO trainer, which cannot run here: {why}")
         if why:
             print(f"fast DPO: falling back to trl's DPOTrainer ({why})")
         else:
             trainer_cls, collator = FastVisionDPOTrainer, None
             keep = keep + [c for c in ("prompt_id",) if c in dataset.column_names]  # names records in errors
+    elif mdpo is not None:
+        raise ValueError("mdpo needs the fast DPO trainer (fast: true)")
     dataset = dataset.select_columns(keep)
+    extra = {"mdpo": mdpo} if mdpo is not None else {}
     trainer = trainer_cls(model=model, args=dpo_config, train_dataset=dataset, processing_class=processor,
-                          peft_config=lora_config, data_collator=collator)
+                          peft_config=lora_config, data_collator=collator, **extra)
     from halign.align.callbacks import NanLossGuard
 
     trainer.add_callback(NanLossGuard())
@@ -220,7 +232,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from the newest checkpoint in OUT/trainer (save with dpo.save_strategy=steps)")
     parser.add_argument("--track-every", type=int, default=None,
                         help="every N steps, generate on held-out toy scenes and log CHAIR / recall")
-    parser.add_argument("overrides", nargs="*", help="dpo.KEY=VALUE or peft.KEY=VALUE")
+    parser.add_argument("--mdpo", action="store_true",
+                        help="add mDPO's image-conditional and anchor terms (settings: mdpo.KEY=VALUE)")
+    parser.add_argument("overrides", nargs="*", help="dpo.KEY=VALUE, peft.KEY=VALUE or mdpo.KEY=VALUE")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -236,9 +250,11 @@ def main(args: argparse.Namespace) -> int:
             train_argv += ["--track-every", str(args.track_every)]
         if args.resume:
             train_argv.append("--resume")
+        if args.mdpo:
+            train_argv.append("--mdpo")
         argv, env = launch_command(args.accelerate_config or "ddp", args.num_processes, train_argv)
         return subprocess.run(argv, env={**os.environ, **env}).returncode
-    dpo, peft = {}, ({} if not args.full else None)
+    dpo, peft, mdpo = {}, ({} if not args.full else None), {}
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
@@ -248,9 +264,13 @@ def main(args: argparse.Namespace) -> int:
             dpo[name] = parse_value(value)
         elif section == "peft" and peft is not None:
             peft[name] = parse_value(value)
+        elif section == "mdpo":
+            mdpo[name] = parse_value(value)
         else:
             raise ValueError(f"override {item!r}: unknown section {section!r} (or peft.* with --full)")
+    if mdpo and not args.mdpo:
+        raise ValueError("mdpo.* settings given without --mdpo")
     track = {"every_n_steps": args.track_every} if args.track_every else None
     print(train(TrainConfig(model=args.model, pairs=args.pairs, output_dir=args.out, dpo=dpo, peft=peft,
-                            track=track, resume=args.resume)))
+                            track=track, resume=args.resume, mdpo=(mdpo or True) if args.mdpo else None)))
     return 0

@@ -10,6 +10,9 @@ tests/test_fast_dpo.py:
 (c) with max_length, only completion text is truncated; a prompt whose image tokens alone reach max_length
     is an error naming the record.
 
+With `mdpo` set, the loss also gets mDPO's image-conditional and anchor terms (align/mdpo.py): one more
+forward per pair over its chosen answer with a corrupted image, whose reference log-prob is precomputed too.
+
 Families that cannot take a custom 4D attention mask are refused here (`packing_unsupported`); the caller
 (`align/dpo.py`) falls back to trl's DPOTrainer for them.
 """
@@ -33,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "sft")
 REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
+MDPO_REF_KEY = "ref_corrupted_chosen_logps"  # the chosen answer with the corrupted image (mDPO only)
 CACHE_VERSION = 1  # bump when the packing or the log-prob reduction changes
 
 
@@ -53,8 +57,12 @@ class FastVisionDPOTrainer(DPOTrainer):
     """trl.DPOTrainer for vision preference pairs with precomputed reference log-probs and packed pairs."""
 
     def __init__(self, model, args, train_dataset, processing_class, peft_config=None, data_collator=None,
-                 ref_cache_dir: str | Path | None = None, **kwargs):
+                 ref_cache_dir: str | Path | None = None, mdpo=None, **kwargs):
+        from halign.align.mdpo import MdpoConfig
+
         check_supported(args)
+        self.mdpo = MdpoConfig.from_setting(mdpo)
+        self.ref_keys = REF_KEYS + ((MDPO_REF_KEY,) if self.mdpo else ())
         if kwargs.get("eval_dataset") is not None:
             raise ValueError("fast DPO has no eval_dataset support; use fast: false")
         why = packing_unsupported(model)
@@ -63,7 +71,9 @@ class FastVisionDPOTrainer(DPOTrainer):
         if data_collator is None:
             sdpa = model.config.get_text_config()._attn_implementation == "sdpa"
             data_collator = PackedPairCollator(processing_class, args.max_length,
-                                               mask_dtype=torch.bool if sdpa else model.dtype)
+                                               mask_dtype=torch.bool if sdpa else model.dtype, mdpo=self.mdpo)
+        elif self.mdpo is not None and getattr(data_collator, "mdpo", None) != self.mdpo:
+            raise ValueError("mdpo is set but the data collator does not build corrupted-image rows with it")
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          peft_config=peft_config, data_collator=data_collator, **kwargs)
         self.ref_cache_file: Path | None = None
@@ -82,6 +92,8 @@ class FastVisionDPOTrainer(DPOTrainer):
             reference = hash_reference(None, model)
         parts = {"reference": reference, "dataset": dataset._fingerprint,
                  "max_length": self.args.max_length, "dtype": str(model.dtype), "version": CACHE_VERSION}
+        if self.mdpo is not None:  # the corrupted images, hence their log-probs, depend on these
+            parts["mdpo"] = self.mdpo.key()
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
     @staticmethod
@@ -99,10 +111,10 @@ class FastVisionDPOTrainer(DPOTrainer):
             self.ref_cache_file = cache_dir / f"ref_logps-{self._ref_key(dataset)}.pt"
             if self.ref_cache_file.exists():
                 values = torch.load(self.ref_cache_file, weights_only=True)
-                self.ref_cache_hit = len(values[REF_KEYS[0]]) == len(dataset)
+                self.ref_cache_hit = all(len(values.get(k, ())) == len(dataset) for k in self.ref_keys)
                 values = values if self.ref_cache_hit else None
         if values is None:
-            values = dict(zip(REF_KEYS, self.compute_ref_logps(dataset), strict=True))
+            values = dict(zip(self.ref_keys, self.compute_ref_logps(dataset), strict=True))
             if self.ref_cache_file is not None and self.accelerator.is_main_process:
                 try:
                     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -111,14 +123,14 @@ class FastVisionDPOTrainer(DPOTrainer):
                     tmp.replace(self.ref_cache_file)
                 except OSError as err:
                     logger.warning("fast DPO: could not cache reference log-probs in %s: %s", cache_dir, err)
-        for key in REF_KEYS:
+        for key in self.ref_keys:
             if key in dataset.column_names:
                 dataset = dataset.remove_columns(key)
             dataset = dataset.add_column(key, values[key].tolist())
         return dataset
 
     @torch.no_grad()
-    def compute_ref_logps(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_ref_logps(self, dataset) -> tuple[torch.Tensor, ...]:
         """One no-grad pass of the reference (the base with adapters off, or trl's reference copy) over `dataset`."""
         from torch.utils.data import DataLoader
         from trl.trainer.utils import use_adapter
@@ -130,21 +142,24 @@ class FastVisionDPOTrainer(DPOTrainer):
             model, context = self.ref_model, contextlib.nullcontext()
         else:
             model, context = self.model, use_adapter(unwrapped, adapter_name=None)
-        chosen, rejected = [], []
+        columns = [[] for _ in self.ref_keys]  # chosen, rejected[, chosen with the corrupted image]
         with context, self.accelerator.autocast():
             for batch in loader:
                 batch = self._prepare_inputs(batch)
-                c, r = self._sequence_logps(model, batch)[:2]
-                chosen.append(c.float().cpu())
-                rejected.append(r.float().cpu())
-        return torch.cat(chosen), torch.cat(rejected)
+                values = list(self._sequence_logps(model, batch)[:2])
+                if self.mdpo is not None:
+                    values.append(self._sequence_logps(model, batch["corrupted"])[0])
+                for column, value in zip(columns, values, strict=True):
+                    column.append(value.float().cpu())
+        return tuple(torch.cat(column) for column in columns)
 
     # ---- (b) one packed row per pair ----------------------------------------------------------------------
 
     @staticmethod
     def _sequence_logps(model, inputs):
         """(chosen_logps, rejected_logps, per-token log-probs, chosen mask, rejected mask, outputs)."""
-        kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "segments", "record_names", *REF_KEYS)}
+        kwargs = {k: v for k, v in inputs.items()
+                  if k not in ("labels", "segments", "record_names", "corrupted", *REF_KEYS, MDPO_REF_KEY)}
         outputs = model(**kwargs, labels=inputs["labels"], use_cache=False, fused_lm_head=True)
         per_token = outputs.log_probs  # [b, width - 1]: log p(token t+1 | tokens <= t), 0 where not a label
         segments = inputs["segments"][:, 1:]
@@ -182,6 +197,8 @@ class FastVisionDPOTrainer(DPOTrainer):
             else:  # check_supported ran at start-up; this guards later edits of loss_types
                 raise ValueError(f"fast DPO does not support loss_type {loss_type!r}")
             loss += per_pair.mean() * weight
+        if self.mdpo is not None:
+            loss = loss + self._mdpo_loss(model, inputs, chosen_logratios, mode)
         if not torch.isfinite(loss):
             # Stop here, naming the step and the records: a NaN would otherwise poison every later step.
             raise FloatingPointError(f"non-finite DPO loss ({loss.item()}) at step {self.state.global_step + 1}, "
@@ -189,6 +206,23 @@ class FastVisionDPOTrainer(DPOTrainer):
         self._log_metrics(mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps,
                           chosen_mask | rejected_mask, outputs)
         return (loss, outputs) if return_outputs else loss
+
+    def _mdpo_loss(self, model, inputs, chosen_logratios, mode):
+        from halign.align.mdpo import mdpo_losses
+
+        if MDPO_REF_KEY not in inputs:
+            raise ValueError(f"mDPO batches need {MDPO_REF_KEY} (attach_ref_logps)")
+        corrupted_logps = self._sequence_logps(model, inputs["corrupted"])[0]
+        corrupted_logratios = corrupted_logps - inputs[MDPO_REF_KEY]
+        conditional, anchor = mdpo_losses(self.beta, chosen_logratios, corrupted_logratios, self.mdpo)
+        gather, metrics = self.accelerator.gather, self._metrics[mode]
+        # How much more the policy (relative to the reference) likes the chosen answer with the real image.
+        image_margin = self.beta * (chosen_logratios - corrupted_logratios).detach()
+        metrics["mdpo/image_margins"].append(gather(image_margin).mean().item())
+        metrics["mdpo/image_accuracies"].append(gather((image_margin > 0).float()).mean().item())
+        metrics["mdpo/conditional_loss"].append(gather(conditional.detach()).mean().item())
+        metrics["mdpo/anchor_loss"].append(gather(anchor.detach()).mean().item())
+        return self.mdpo.conditional_weight * conditional.mean() + self.mdpo.anchor_weight * anchor.mean()
 
     def _log_metrics(self, mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps, mask, outputs):
         gather, metrics = self.accelerator.gather, self._metrics[mode]

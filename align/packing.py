@@ -57,6 +57,9 @@ class PackedPairCollator:
     processor: Any
     max_length: int | None = None
     mask_dtype: torch.dtype = torch.float32
+    # mDPO (align/mdpo.py): also collate each pair's chosen answer with a corrupted copy of its image, under
+    # batch["corrupted"] (the same packed layout with no rejected part).
+    mdpo: Any = None
 
     def _texts(self, examples):
         from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
@@ -99,16 +102,36 @@ class PackedPairCollator:
             chosen = sides["chosen"]["input_ids"][i][sides["chosen"]["attention_mask"][i].bool()][:keep]
             rejected = sides["rejected"]["input_ids"][i][sides["rejected"]["attention_mask"][i].bool()][:keep]
             rows.append((prefix, chosen, rejected))
-        batch = self._pack(rows)
-        for key, value in prompts.items():
-            if key not in ("input_ids", "attention_mask"):
-                batch[key] = value  # pixel_values etc.: one image set per pair
+        batch = self._with_images(self._pack(rows), prompts)
+        if self.mdpo is not None:
+            batch["corrupted"] = self._corrupted_rows(examples, texts, rows)
         # Which records this batch holds: a non-finite loss is reported with them.
         batch["record_names"] = [_record_name(e, i) for i, e in enumerate(examples)]
-        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+        for key in ("ref_chosen_logps", "ref_rejected_logps", "ref_corrupted_chosen_logps"):
             if key in examples[0]:
                 batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.float32)
         return batch
+
+    @staticmethod
+    def _with_images(batch: dict, processed) -> dict:
+        for key, value in processed.items():
+            if key not in ("input_ids", "attention_mask"):
+                batch[key] = value  # pixel_values etc.: one image set per row
+        return batch
+
+    def _corrupted_rows(self, examples, texts, rows) -> dict[str, torch.Tensor]:
+        """prompt (with the corrupted image) | chosen, per pair: the rows of mDPO's image-conditional term."""
+        from halign.align.mdpo import corrupt_image, record_key
+
+        images = [[corrupt_image(image, record_key(e), j, self.mdpo) for j, image in enumerate(e["images"])]
+                  for e in examples]
+        prompts = self.processor(images=images, text=[t["prompt"] for t in texts], padding=True,
+                                 padding_side="left", return_tensors="pt", add_special_tokens=False)
+        corrupted = []
+        for i, (_, chosen, _) in enumerate(rows):
+            # The crop is resized back to the image's size, so the prompt has the same tokens as with the real image.
+            corrupted.append((prompts["input_ids"][i][prompts["attention_mask"][i].bool()], chosen, chosen[:0]))
+        return self._with_images(self._pack(corrupted), prompts)
 
     def _pack(self, rows) -> dict[str, torch.Tensor]:
         pad_id = self.processor.tokenizer.pad_token_id
