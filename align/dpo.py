@@ -52,6 +52,9 @@ class TrainConfig:
     # MdpoConfig fields ({"crop_area": [0, 0.2], "anchor_weight": 1.0, ...}); None/false = plain DPO.
     # Runs on the fast trainer only (it needs the packed rows and precomputed reference log-probs).
     mdpo: dict | bool | None = None
+    # QLoRA (align/qlora.py): true = 4-bit NF4 + double quantization + bf16 compute, or BitsAndBytesConfig
+    # fields. LoRA only; needs bitsandbytes and a CUDA GPU (checked before any model loads).
+    quantization: dict | bool | None = None
 
     def dpo_args(self) -> dict:
         return {**DEFAULT_DPO, **self.dpo}
@@ -108,7 +111,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     from halign.align.mdpo import MdpoConfig
 
     started = time.time()
+    from halign.align.qlora import make_quantization_config
+
     mdpo = MdpoConfig.from_setting(cfg.mdpo)  # bad mdpo keys fail here, before anything loads
+    quantization = make_quantization_config(cfg.quantization, lora=cfg.peft is not None)
     out = ensure_writable_dir(cfg.output_dir)
     dpo_config = make_dpo_config(cfg, out / "trainer")
     dpo_config.disable_tqdm = not progress
@@ -122,7 +128,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if missing:
         raise ValueError(f"pairs dataset {pairs_path} lacks column(s) {missing}")
     transformers.set_seed(dpo_config.seed)
-    model, processor = load_policy(cfg.model, cfg.dtype)
+    model, processor = load_policy(cfg.model, cfg.dtype, quantization_config=quantization)
     model.train()
     if cfg.freeze:
         from halign.align.freeze import freeze
@@ -232,6 +238,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from the newest checkpoint in OUT/trainer (save with dpo.save_strategy=steps)")
     parser.add_argument("--track-every", type=int, default=None,
                         help="every N steps, generate on held-out toy scenes and log CHAIR / recall")
+    parser.add_argument("--qlora", action="store_true",
+                        help="QLoRA: LoRA on a 4-bit NF4 base (needs bitsandbytes and a CUDA GPU)")
     parser.add_argument("--mdpo", action="store_true",
                         help="add mDPO's image-conditional and anchor terms (settings: mdpo.KEY=VALUE)")
     parser.add_argument("overrides", nargs="*", help="dpo.KEY=VALUE, peft.KEY=VALUE or mdpo.KEY=VALUE")
@@ -252,6 +260,8 @@ def main(args: argparse.Namespace) -> int:
             train_argv.append("--resume")
         if args.mdpo:
             train_argv.append("--mdpo")
+        if args.qlora:
+            train_argv.append("--qlora")
         argv, env = launch_command(args.accelerate_config or "ddp", args.num_processes, train_argv)
         return subprocess.run(argv, env={**os.environ, **env}).returncode
     dpo, peft, mdpo = {}, ({} if not args.full else None), {}
@@ -272,5 +282,6 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("mdpo.* settings given without --mdpo")
     track = {"every_n_steps": args.track_every} if args.track_every else None
     print(train(TrainConfig(model=args.model, pairs=args.pairs, output_dir=args.out, dpo=dpo, peft=peft,
-                            track=track, resume=args.resume, mdpo=(mdpo or True) if args.mdpo else None)))
+                            track=track, resume=args.resume, mdpo=(mdpo or True) if args.mdpo else None,
+                            quantization=True if args.qlora else None)))
     return 0

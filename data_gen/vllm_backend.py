@@ -48,9 +48,9 @@ def generate_texts_vllm(model_path: str | Path, records: list[dict], k: int = 1,
     if temperature == 0 and k > 1:
         raise ValueError("greedy decoding (temperature 0) gives one answer: set k=1 or temperature > 0")
     if processor is None:
-        from transformers import AutoProcessor
+        from halign.align.processor import load_processor
 
-        processor = AutoProcessor.from_pretrained(str(model_path))
+        processor = load_processor(model_path)
     inputs = build_inputs(processor, records)
     most_images = max((len(r.get("images") or []) for r in records), default=0)
     kwargs = {"model": str(model_path), "seed": seed, **(llm_kwargs or {})}

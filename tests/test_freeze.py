@@ -11,7 +11,7 @@ from halign.align.freeze import freeze, part_of
 
 @pytest.fixture(scope="module", params=tiny_models.FAMILIES)
 def model(request):
-    # Only the model is needed: the Qwen/SmolVLM processors (which need torchvision) are not built.
+    # Only the model is needed: the processors are not built.
     return tiny_models.build_family(request.param, with_processor=False)[0]
 
 

@@ -7,7 +7,9 @@ processor with small sizes). `save_family` writes both with save_pretrained, so 
 `AutoModelForImageTextToText` / `AutoProcessor` exactly like a hub checkpoint.
 
 Image processors are always the PIL-backend classes: the default (torchvision) backend cannot be imported
-beside the CPU torch wheel we test with, and the PIL classes give the same numbers.
+beside the CPU torch wheel we test with, and the PIL classes give the same numbers. Video processors (which
+Qwen2-VL/Qwen2.5-VL/SmolVLM processors require) are the real classes where torchvision is installed, and
+halign's `ImageOnlyVideoProcessor` otherwise (see `video_processor`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,34 @@ def pil_image_processor(family_module: str, class_name: str, **kwargs):
     """
     module = importlib.import_module(f"transformers.models.{family_module}.image_processing_pil_{family_module}")
     return getattr(module, class_name)(**kwargs)
+
+
+def video_processor(class_name: str, **kwargs):
+    """The family's video processor, or where torchvision is missing (every video processor needs it) an
+    `ImageOnlyVideoProcessor` holding the config the real class would be built from.
+
+    Either way `save_pretrained` writes `video_processor_type: <class_name>` plus `kwargs`, so the saved
+    checkpoint loads its real video processor wherever torchvision is installed.
+    """
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        import transformers
+
+        return getattr(transformers, class_name)(**kwargs)
+    from halign.align.processor import ImageOnlyVideoProcessor
+
+    return ImageOnlyVideoProcessor(video_processor_type=class_name, **kwargs)
+
+
+def make_processor(processor_cls, **parts):
+    """`processor_cls(**parts)`; through halign's `construct_image_only` where the video processor is image-only
+    (transformers' own constructor rejects every video processor when torchvision is missing)."""
+    from halign.align.processor import ImageOnlyVideoProcessor, construct_image_only
+
+    if isinstance(parts.get("video_processor"), ImageOnlyVideoProcessor):
+        return construct_image_only(processor_cls, **parts)
+    return processor_cls(**parts)
 
 
 def chat_template(user: tuple[str, str], assistant: tuple[str, str], image: str, bos: str = "") -> str:
@@ -148,12 +178,9 @@ def _qwen_parts(processor_cls, with_processor: bool):
         sizes = dict(patch_size=4, merge_size=2, temporal_patch_size=2,
                      size={"shortest_edge": 16 * 16, "longest_edge": 32 * 32})
         ip = pil_image_processor("qwen2_vl", "Qwen2VLImageProcessorPil", **sizes)
-        # The processor insists on a video processor, and every video processor needs torchvision: without
-        # it this raises the ImportError that tests mark as an expected failure.
-        from transformers import Qwen2VLVideoProcessor
-
-        processor = processor_cls(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(**sizes),
-                                  chat_template=QWEN_TEMPLATE)
+        video = video_processor("Qwen2VLVideoProcessor", **sizes)
+        processor = make_processor(processor_cls, image_processor=ip, tokenizer=tok, video_processor=video,
+                                   chat_template=QWEN_TEMPLATE)
     ids = {name: tok.convert_tokens_to_ids(t) for name, t in [("image_token_id", "<|image_pad|>"), (
         "video_token_id", "<|video_pad|>"), ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
     text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -215,11 +242,9 @@ def build_smolvlm(with_processor: bool = True):
     tok, ip = _idefics_parts("smolvlm", "SmolVLMImageProcessorPil")
     processor = None
     if with_processor:
-        # Needs `num2words`, and a video processor, hence torchvision (see the Qwen builders).
-        from transformers import SmolVLMVideoProcessor
-
-        processor = SmolVLMProcessor(image_processor=ip, tokenizer=tok, video_processor=SmolVLMVideoProcessor(),
-                                     image_seq_len=4, chat_template=IDEFICS_TEMPLATE)
+        # SmolVLMProcessor needs the `num2words` package (a halign dependency).
+        processor = make_processor(SmolVLMProcessor, image_processor=ip, tokenizer=tok, image_seq_len=4,
+                                   video_processor=video_processor("SmolVLMVideoProcessor"), chat_template=IDEFICS_TEMPLATE)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
     config = SmolVLMConfig(vision_config=vision, text_config=_llama(tok).to_dict(), scale_factor=2,
                            image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
@@ -277,9 +302,9 @@ BUILDERS = {name: globals()[f"build_{name}"] for name in FAMILIES}
 
 
 def build_family(name: str, seed: int = 0, with_processor: bool = True):
-    """(model, processor); with_processor=False returns (model, None) where only the processor needs torchvision."""
+    """(model, processor); with_processor=False may return (model, None) when only the model is needed."""
     torch.manual_seed(seed)
-    # Only the Qwen and SmolVLM builders act on the flag: theirs are the processors that need torchvision.
+    # Only the Qwen and SmolVLM builders act on the flag: it skips their processor (and its video processor).
     return BUILDERS[name](with_processor=with_processor)
 
 
