@@ -22,7 +22,11 @@ from typing import Any
 import torch
 
 CHOSEN, REJECTED = 1, 2  # segment ids in `segments`; 0 = prefix, x or padding
-SUPPORTED_MODEL_TYPES = {"llava"}  # LLaVA with an HF decoder that takes a custom 4D mask + position ids
+# Families whose forward takes a custom 4D mask + 1D position ids unchanged (a causal HF decoder; image
+# features merged into the token embeddings). Each is checked against trl in tests/test_fast_dpo_families.py.
+# Not here: Qwen2-VL/2.5-VL (3D rope positions computed from the unpacked sequence), Gemma 3 (bidirectional
+# attention inside images), PaliGemma (a prefix-LM): they take trl's path.
+SUPPORTED_MODEL_TYPES = {"llava", "llava_next", "idefics3", "smolvlm"}
 SUPPORTED_ATTENTION = {"eager", "sdpa"}
 
 

@@ -55,16 +55,23 @@ def _resolve_model(model: str, log) -> str:
     return model
 
 
+def round_slice(r: int, per_round: int, start: int = 0) -> slice:
+    """Round r (0-based) takes slice r of a prompt stream that begins at `start`: every round sees fresh
+    prompts and no two rounds share one. `halign run` draws its toy-world rounds with it too."""
+    return slice(start + r * per_round, start + (r + 1) * per_round)
+
+
 def _round_prompts(cfg: RlaifConfig, r: int, folder: Path) -> Path:
     """The prompts for round r (0-based): slice r of the stream, written next to the round's outputs."""
     path = folder / "prompts.jsonl"
+    window = round_slice(r, cfg.prompts_per_round)
     if cfg.prompts is None:
         from halign.data_gen import toy_world
 
         records = toy_world.write_prompts(toy_world.ToyWorldConfig(seed=cfg.seed), "dpo", cfg.prompts_per_round,
-                                          folder / "world", start=r * cfg.prompts_per_round)
+                                          folder / "world", start=window.start)
     else:
-        records = read_records(cfg.prompts)[r * cfg.prompts_per_round:(r + 1) * cfg.prompts_per_round]
+        records = read_records(cfg.prompts)[window]
         if not records:
             raise ValueError(f"{cfg.prompts} has no prompts left for round {r + 1} "
                              f"({cfg.prompts_per_round} per round)")

@@ -3,8 +3,8 @@
 Precedence: dataclass defaults < recipe YAML < CLI overrides. Keys are the library's own names
 (SampleConfig, judge constructor options, PairsConfig, DPOConfig under train.dpo, LoraConfig under
 train.peft). Every key is checked here, before any model is loaded, and errors name the key. Features a
-recipe may declare before the library has them (iterative rounds, mDPO, a planned judge, a DeepSpeed
-config not shipped yet) are valid keys: they are reported by `notes()` and refused only at execution.
+recipe may declare before the library has them (a planned judge, a DeepSpeed config not shipped yet) are
+valid keys: they are reported by `notes()` and refused only at execution.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import yaml
 SECTIONS = ("model", "seed", "rounds", "toy_checkpoint", "source", "sample", "judge", "pairs", "train", "eval")
 SOURCE_KEYS = {"toy_world": {"type", "split", "n", "start", "exclude_seen", "world"},
                "jsonl": {"type", "path", "max_images"}}
-TRAIN_KEYS = {"dpo", "peft", "dtype", "accelerate_config", "mdpo"}
+TRAIN_KEYS = {"dpo", "peft", "dtype", "accelerate_config", "mdpo", "quantization"}
 EVAL_KEYS = {"source", "benchmark", "metric", "max_new_tokens", "batch_size", "before"}
 BENCHMARKS = ("toy", "chair")
 # Built-in judges that recipes may already name; until they are registered they fail at execution only.
@@ -166,8 +166,16 @@ def resolve(raw: dict) -> dict:
     if args.get("loss_weights") is not None and len(args["loss_weights"]) != len(losses):
         raise ValueError(f"train.dpo.loss_weights has {len(args['loss_weights'])} entries for "
                          f"{len(losses)} loss_type(s)")
+    from halign.align.mdpo import MdpoConfig
+    from halign.align.qlora import quantization_args
+
+    # Settings are checked here (unknown keys named); hardware (bitsandbytes, a GPU) only at execution.
+    mdpo = train.get("mdpo") or None
+    MdpoConfig.from_setting(mdpo)
+    quantization = train.get("quantization") or None
+    quantization_args(quantization, lora=peft is not None)
     cfg["train"] = {"dpo": dpo, "peft": peft, "dtype": train.get("dtype", "float32"),
-                    "accelerate_config": train.get("accelerate_config"), "mdpo": bool(train.get("mdpo", False))}
+                    "accelerate_config": train.get("accelerate_config"), "mdpo": mdpo, "quantization": quantization}
     cfg["train_resolved"] = {"dpo": args, "peft": tc.lora_args()}  # shown in the plan; DEFAULT_* applied
 
     ev = _section(raw, "eval", {})
@@ -213,11 +221,13 @@ def notes(cfg: dict) -> list[str]:
     from halign.rewards.judges.registry import JUDGES
 
     out = []
-    if cfg["rounds"] > 1:
-        out.append(f"rounds: {cfg['rounds']}: iterative RLAIF rounds are not implemented yet in `halign run` "
-                   f"(set rounds=1 for one round; `halign rlaif` runs several on the toy world)")
-    if cfg["train"]["mdpo"]:
-        out.append("train.mdpo: true: the mDPO objective is not implemented yet (set train.mdpo=false)")
+    if cfg["train"]["quantization"]:
+        from halign.align.qlora import check_hardware
+
+        try:
+            check_hardware()
+        except ValueError as err:
+            out.append(f"train.quantization: {err}")
     if cfg["judge"]["name"] in PLANNED_JUDGES and cfg["judge"]["name"] not in JUDGES:
         out.append(f"judge.name: {cfg['judge']['name']!r} ({PLANNED_JUDGES[cfg['judge']['name']]}) is not "
                    f"implemented yet; built-ins: {sorted(JUDGES)}")

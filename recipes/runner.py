@@ -5,6 +5,10 @@ its CLI). Each stage folder gets `stage_key.json`: a hash of the stage's resolve
 stage's key and the hashes of external inputs (prompt file, local checkpoint). A rerun skips a stage whose
 key is unchanged and whose outputs exist; a changed key reruns that stage and, because keys chain, every
 stage after it. `runs.jsonl` in the run folder logs which stages ran on each invocation.
+
+`rounds: R > 1` runs R rounds of iterative RLAIF, each in `RUN/round_{r}/` (recipes/rounds.py): round r's
+sample key chains from round r-1's train key, so a rerun skips finished rounds and a changed key reruns
+from that stage in the earliest round it affects. `RUN/rounds.json` and `rounds.png` track the rounds.
 """
 
 from __future__ import annotations
@@ -20,11 +24,19 @@ import yaml
 
 from halign.data_gen.io import ensure_writable_dir, file_sha256, read_records, stable_hash, write_json, write_jsonl
 from halign.recipes import config as recipe_config
+from halign.recipes import rounds
 
 STAGES = ("sample", "judge", "pairs", "train", "eval")
-OUTPUTS = {"sample": ["candidates.jsonl", "prompts.jsonl"], "judge": ["judgments.jsonl"],
-           "pairs": ["dataset/dataset_info.json", "summary.json"], "train": ["manifest.json"],
-           "eval": ["report_after.json"]}
+
+
+def outputs(stage: str, cfg: dict, r: int) -> list[str]:
+    """Files a finished stage of round r leaves in its folder: one missing reruns the stage."""
+    if stage == "train":
+        return ["manifest.json"] + (["merged/config.json"] if rounds.merges(cfg) else [])
+    if stage == "eval":  # round 1 also holds the base model's report, which every round compares against
+        return ["report_after.json"] + (["report_before.json"] if cfg["eval"]["before"] and r == 1 else [])
+    return {"sample": ["candidates.jsonl", "prompts.jsonl"], "judge": ["judgments.jsonl"],
+            "pairs": ["dataset/dataset_info.json", "summary.json"]}[stage]
 
 
 # --- model and inputs ------------------------------------------------------------------------------
@@ -85,7 +97,8 @@ def write_source(cfg: dict, src: dict, out_dir: Path, seen: set[str] | None = No
 
 
 def seen_scenes(cfg: dict) -> set[str]:
-    """Drawings used to train (toy SFT + the DPO source): an `exclude_seen` eval holds them out, as the demo does."""
+    """Drawings used to train (toy SFT + every round's DPO source): an `exclude_seen` eval holds them out, as
+    the demo does. `cfg` is the recipe's, not a round's: rounds take consecutive slices of the source."""
     from halign.data_gen import toy_world
 
     seen: set[str] = set()
@@ -95,47 +108,58 @@ def seen_scenes(cfg: dict) -> set[str]:
     src = cfg["source"]
     if src["type"] == "toy_world":
         world = toy_world.ToyWorldConfig(**{"seed": cfg["seed"], **(src["world"] or {})})
-        seen |= toy_world.signatures(world, src["split"], src["n"], src["start"])
+        seen |= toy_world.signatures(world, src["split"], cfg["rounds"] * src["n"], src["start"])
     return seen
 
 
 # --- plan ------------------------------------------------------------------------------------------
 
 def stage_configs(cfg: dict) -> dict[str, dict]:
-    """What each stage's key hashes besides the upstream key."""
+    """What each stage's key hashes besides the upstream key (`cfg`: the round's, see rounds.round_config)."""
+    ev = cfg["eval"]
+    if ev is not None:
+        ev = {**ev, "source": source_identity(ev["source"])}
+        if cfg["rounds"] > 1 and ev["source"]["type"] == "toy_world" and ev["source"]["exclude_seen"]:
+            ev["held_out_rounds"] = cfg["rounds"]  # more rounds hold out more scenes: a different eval set
     return {
         "sample": {"model": model_identity(cfg), "source": source_identity(cfg["source"]), "sample": cfg["sample"],
                    "seed": cfg["seed"]},
         "judge": cfg["judge"],
         "pairs": cfg["pairs"],
         "train": {**cfg["train"], **cfg["train_resolved"]},
-        "eval": None if cfg["eval"] is None else {**cfg["eval"], "source": source_identity(cfg["eval"]["source"])},
+        "eval": ev,
     }
 
 
 def make_plan(cfg: dict, run_dir: Path) -> list[dict]:
+    """One step per stage and round, in execution order. Within a round each stage chains from the one
+    before; round r's sample chains from round r-1's train (not its eval: an eval change reruns evals only)."""
     plan, upstream, rerun = [], None, False
-    for stage, stage_cfg in stage_configs(cfg).items():
-        if stage_cfg is None:
-            continue
-        key = stable_hash({"stage": stage, "config": stage_cfg, "upstream": upstream})
-        folder = run_dir / stage
-        old = _read_key(folder)
-        missing = [o for o in OUTPUTS[stage] if not (folder / o).exists()]
-        if rerun:
-            reason = "an earlier stage reruns"
-        elif old is None:
-            reason = "never ran"
-        elif old != key:
-            reason = "config or inputs changed"
-        elif missing:
-            reason = f"output missing: {missing[0]}"
-        else:
-            reason = None
-        rerun = rerun or reason is not None
-        plan.append({"stage": stage, "key": key, "action": "run" if reason else "skip", "reason": reason or "unchanged",
-                     "config": stage_cfg})
-        upstream = key
+    for r, round_dir in enumerate(rounds.round_dirs(cfg, run_dir), 1):
+        for stage, stage_cfg in stage_configs(rounds.round_config(cfg, r)).items():
+            if stage_cfg is None:
+                continue
+            key = stable_hash({"stage": stage, "config": stage_cfg, "upstream": upstream})
+            folder = round_dir / stage
+            old = _read_key(folder)
+            missing = [o for o in outputs(stage, cfg, r) if not (folder / o).exists()]
+            if rerun:
+                reason = "an earlier stage reruns"
+            elif old is None:
+                reason = "never ran"
+            elif old != key:
+                reason = "config or inputs changed"
+            elif missing:
+                reason = f"output missing: {missing[0]}"
+            else:
+                reason = None
+            plan.append({"round": r, "stage": stage, "folder": str(folder.relative_to(run_dir)), "key": key,
+                         "action": "run" if reason else "skip", "reason": reason or "unchanged", "config": stage_cfg})
+            if stage == "train":
+                train_key, train_reruns = key, rerun or reason is not None
+            if stage != "eval":  # nothing chains from an eval
+                upstream, rerun = key, rerun or reason is not None
+        upstream, rerun = train_key, train_reruns
     return plan
 
 
@@ -148,34 +172,38 @@ def _read_key(folder: Path) -> str | None:
 
 # --- execution -------------------------------------------------------------------------------------
 
-def run_stage(stage: str, cfg: dict, run_dir: Path, ckpt: str, progress: bool) -> None:
-    folder = run_dir / stage
+def run_stage(stage: str, cfg: dict, r: int, run_dir: Path, ckpt: str, progress: bool) -> None:
+    """Stage `stage` of round r, starting from checkpoint `ckpt` (cfg: the recipe's; run_dir: the run folder)."""
+    if stage == "eval":  # the same eval set every round: the recipe's config, not the round's
+        eval_stage(cfg, r, run_dir, ckpt, progress)
+        return
+    round_dir, cfg = rounds.round_dirs(cfg, run_dir)[r - 1], rounds.round_config(cfg, r)
+    folder = round_dir / stage
     if stage == "sample":
         from halign.data_gen.sample import SampleConfig, run
 
-        prompts = write_source(cfg, cfg["source"], run_dir / "source")
+        prompts = write_source(cfg, cfg["source"], round_dir / "source")
         run(SampleConfig(model=ckpt, **cfg["sample"]), prompts, folder, progress=progress)
     elif stage == "judge":
         from halign.rewards.judges.cli import run_judge
 
         options = {k: v for k, v in cfg["judge"].items() if k != "name"}
-        run_judge(cfg["judge"]["name"], run_dir / "sample" / "candidates.jsonl", folder / "judgments.jsonl",
+        run_judge(cfg["judge"]["name"], round_dir / "sample" / "candidates.jsonl", folder / "judgments.jsonl",
                   options=options, progress=progress)
     elif stage == "pairs":
         from halign.data_gen.pairs import PairsConfig, run
 
-        run(PairsConfig(**cfg["pairs"]), run_dir / "judge" / "judgments.jsonl", run_dir / "sample" / "candidates.jsonl",
-            run_dir / "sample" / "prompts.jsonl", folder)
+        run(PairsConfig(**cfg["pairs"]), round_dir / "judge" / "judgments.jsonl",
+            round_dir / "sample" / "candidates.jsonl", round_dir / "sample" / "prompts.jsonl", folder)
     elif stage == "train":
-        train_stage(cfg, run_dir, ckpt, progress)
-    elif stage == "eval":
-        eval_stage(cfg, run_dir, ckpt, progress)
+        train_stage(cfg, round_dir, ckpt, progress)
 
 
-def train_config(cfg: dict, run_dir: Path, ckpt: str) -> dict:
+def train_config(cfg: dict, round_dir: Path, ckpt: str) -> dict:
     t = cfg["train"]
-    return {"model": ckpt, "pairs": str(run_dir / "pairs" / "dataset"), "output_dir": str(run_dir / "train"),
-            "dpo": t["dpo"], "peft": t["peft"], "dtype": t["dtype"]}
+    return {"model": ckpt, "pairs": str(round_dir / "pairs" / "dataset"), "output_dir": str(round_dir / "train"),
+            "dpo": t["dpo"], "peft": t["peft"], "dtype": t["dtype"], "mdpo": t["mdpo"],
+            "quantization": t["quantization"]}
 
 
 def launch_command(cfg: dict, config_json: Path) -> list[str]:
@@ -184,23 +212,27 @@ def launch_command(cfg: dict, config_json: Path) -> list[str]:
     return ["accelerate", "launch", "--config_file", str(acc), "-m", "halign.recipes.runner", str(config_json)]
 
 
-def train_stage(cfg: dict, run_dir: Path, ckpt: str, progress: bool) -> None:
+def train_stage(cfg: dict, round_dir: Path, ckpt: str, progress: bool) -> None:
     from halign.align.dpo import TrainConfig, train
 
-    tc = train_config(cfg, run_dir, ckpt)
+    tc = train_config(cfg, round_dir, ckpt)
     if cfg["train"]["accelerate_config"]:
-        config_json = write_json(run_dir / "train_config.json", tc)
+        config_json = write_json(round_dir / "train_config.json", tc)
         subprocess.run(launch_command(cfg, config_json), check=True)
     else:
         train(TrainConfig(**tc), progress=progress)
+    if rounds.merges(cfg):  # the next round loads this round's policy as a plain checkpoint
+        rounds.merge_policy(cfg, round_dir)
 
 
-def eval_stage(cfg: dict, run_dir: Path, ckpt: str, progress: bool) -> None:
+def eval_stage(cfg: dict, r: int, run_dir: Path, ckpt: str, progress: bool) -> None:
+    """Round r's policy on the eval set; with eval.before, against the base model (scored once, in round 1)."""
     from halign.align.model import load_policy
     from halign.recipes.compare import run_compare
     from halign.recipes.evaluate import evaluate, toy_metric
 
-    ev, folder = cfg["eval"], ensure_writable_dir(run_dir / "eval")
+    dirs = rounds.round_dirs(cfg, run_dir)
+    ev, folder, before = cfg["eval"], ensure_writable_dir(dirs[r - 1] / "eval"), dirs[0] / "eval"
     seen = seen_scenes(cfg) if ev["source"]["type"] == "toy_world" and ev["source"]["exclude_seen"] else None
     prompts = read_records(write_source(cfg, ev["source"], folder / "source", seen))
     if ev["benchmark"] == "toy":
@@ -210,29 +242,35 @@ def eval_stage(cfg: dict, run_dir: Path, ckpt: str, progress: bool) -> None:
 
         metric = ChairMetric(id_key="id", caption_key="text", **ev["metric"])
     kwargs = {"max_new_tokens": ev["max_new_tokens"], "batch_size": ev["batch_size"], "progress": progress}
-    if ev["before"]:
+    if ev["before"] and r == 1:  # ckpt is the recipe's model in round 1
         # The base model's report depends on the base model and eval settings only: a judge or training
         # change reruns this stage but reuses report_before.json.
         before_key = stable_hash({"model": model_identity(cfg), "eval": stage_configs(cfg)["eval"]})
-        if _read_key(folder / "before") != before_key or not (folder / "report_before.json").exists():
+        if _read_key(before / "before") != before_key or not (before / "report_before.json").exists():
             model, processor = load_policy(ckpt)
-            write_json(folder / "report_before.json",
+            write_json(before / "report_before.json",
                        evaluate(model, processor, prompts, metric, ckpt, desc="scoring before", **kwargs))
-            write_json(folder / "before" / "stage_key.json", {"key": before_key})
-    model, processor = load_policy(run_dir / "train")
-    write_json(folder / "report_after.json",
-               evaluate(model, processor, prompts, metric, str(run_dir / "train"), desc="scoring after", **kwargs))
+            write_json(before / "before" / "stage_key.json", {"key": before_key})
+    policy = rounds.policy_path(cfg, dirs[r - 1])
+    model, processor = load_policy(policy)
+    desc = "scoring after" if cfg["rounds"] == 1 else f"scoring round {r}"
+    write_json(folder / "report_after.json", evaluate(model, processor, prompts, metric, str(policy), desc=desc,
+                                                      **kwargs))
     if ev["before"]:
-        run_compare([folder / "report_before.json", folder / "report_after.json"], folder / "compare")
+        run_compare([before / "report_before.json", folder / "report_after.json"], folder / "compare")
 
 
 def run_recipe(recipe: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
                dry_run: bool = False, progress: bool = True, log=print) -> dict:
-    """Python API of `halign run`; returns {"run_dir", "plan", "notes", "ran": [stages]}."""
+    """Python API of `halign run`; returns {"run_dir", "plan", "notes", "config", "ran": [stage folders run],
+    "policy": the last round's trained checkpoint, "report": its eval report (None without eval)}."""
     cfg = recipe_config.resolve(recipe_config.apply_overrides(recipe_config.load_recipe(recipe), overrides or []))
     run_dir = Path(out) if out else Path("halign_runs") / Path(recipe).stem
     plan, notes = make_plan(cfg, run_dir), recipe_config.notes(cfg)
-    result = {"run_dir": str(run_dir), "plan": plan, "notes": notes, "config": cfg, "ran": []}
+    last = rounds.round_dirs(cfg, run_dir)[-1]
+    result = {"run_dir": str(run_dir), "plan": plan, "notes": notes, "config": cfg, "ran": [],
+              "policy": str(rounds.policy_path(cfg, last)),
+              "report": None if cfg["eval"] is None else str(last / "eval" / "report_after.json")}
     if dry_run:
         log(render_plan(cfg, plan, notes, run_dir))
         return result
@@ -242,26 +280,32 @@ def run_recipe(recipe: str | Path, overrides: list[str] | None = None, out: str 
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(_public(cfg), sort_keys=False))
     started = time.time()
     todo = [p for p in plan if p["action"] == "run"]
-    ckpt = model_path(cfg) if todo else cfg["model"]
+    base = model_path(cfg) if todo else cfg["model"]
+    dirs = rounds.round_dirs(cfg, run_dir)
     for step in plan:
         if step["action"] == "skip":
-            log(f"[{step['stage']}] skipped: unchanged (key {step['key'][:12]})")
+            log(f"[{step['folder']}] skipped: unchanged (key {step['key'][:12]})")
             continue
-        log(f"[{step['stage']}] running ({step['reason']})")
-        folder = run_dir / step["stage"]
+        log(f"[{step['folder']}] running ({step['reason']})")
+        folder = run_dir / step["folder"]
         # A stale key must not survive a crash halfway through the stage.
         (folder / "stage_key.json").unlink(missing_ok=True)
         t0 = time.time()
-        run_stage(step["stage"], cfg, run_dir, ckpt, progress)
+        r = step["round"]
+        ckpt = base if r == 1 else str(rounds.policy_path(cfg, dirs[r - 2]))
+        run_stage(step["stage"], cfg, r, run_dir, ckpt, progress)
         write_json(folder / "stage_key.json", {"stage": step["stage"], "key": step["key"], "config": step["config"],
                                                "seconds": round(time.time() - t0, 2)})
-        result["ran"].append(step["stage"])
+        result["ran"].append(step["folder"])
     with (run_dir / "runs.jsonl").open("a") as fh:
         fh.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": overrides or [],
-                             "ran": result["ran"], "skipped": [p["stage"] for p in plan if p["action"] == "skip"],
+                             "ran": result["ran"], "skipped": [p["folder"] for p in plan if p["action"] == "skip"],
                              "seconds": round(time.time() - started, 2)}) + "\n")
-    if (run_dir / "eval" / "compare" / "compare.md").exists() and "eval" in result["ran"]:
-        log((run_dir / "eval" / "compare" / "compare.md").read_text())
+    if cfg["rounds"] > 1 and (result["ran"] or not (run_dir / "rounds.json").exists()):
+        rounds.summarize(cfg, run_dir)
+    compare_md = dirs[-1] / "eval" / "compare" / "compare.md"
+    if compare_md.exists() and plan[-1]["action"] == "run" and plan[-1]["stage"] == "eval":
+        log(compare_md.read_text())  # the last round against the base model
     return result
 
 
@@ -275,9 +319,10 @@ def _public(cfg: dict) -> dict:
 def render_plan(cfg: dict, plan: list[dict], notes: list[str], run_dir: Path) -> str:
     lines = [f"run folder: {run_dir}", "resolved config:",
              yaml.safe_dump(_public(cfg), sort_keys=False).rstrip(), "", "plan:"]
-    lines += [f"  {p['stage']:<7} {p['action']:<5} {p['reason']:<28} key {p['key'][:12]}" for p in plan]
+    lines += rounds.render(cfg, plan)
     if cfg["train"]["accelerate_config"]:
-        lines.append("  train launches: " + " ".join(launch_command(cfg, run_dir / "train_config.json")))
+        config_json = rounds.round_dirs(cfg, run_dir)[0] / "train_config.json"
+        lines.append("  train launches: " + " ".join(launch_command(cfg, config_json)))
     if notes:
         lines += ["", "execution would refuse (dry-run only reports these):"] + [f"  - {n}" for n in notes]
     return "\n".join(lines)

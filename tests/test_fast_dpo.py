@@ -187,8 +187,9 @@ def test_families_without_custom_masks_fall_back():
 
     from halign.align.packing import packing_unsupported
 
-    model, _ = build_family("idefics3", with_processor=False)
-    assert "idefics3" in packing_unsupported(model)
+    for family in ("qwen2_vl", "gemma3", "paligemma"):  # 3D rope / bidirectional image attention / prefix-LM
+        model, _ = build_family(family, with_processor=False)
+        assert family in packing_unsupported(model)
     model, _ = build_family("llava", with_processor=False)
     assert packing_unsupported(model) is None
     model.config.get_text_config()._attn_implementation = "flash_attention_2"

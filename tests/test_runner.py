@@ -1,10 +1,14 @@
-"""`halign run`: every shipped recipe validates; tiny runs skip what is unchanged and redo what changed."""
+"""`halign run`: every shipped recipe validates and runs every stage on a tiny model; tiny runs skip what is
+unchanged and redo what changed. Several rounds: tests/test_runner_rounds.py."""
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 import halign.recipes
 from halign.recipes.cli import main
@@ -15,13 +19,35 @@ TOY = Path(halign.recipes.__file__).parent / "toy_world.yaml"
 TINY_CKPT = "toy_checkpoint={sft_scenes: 120, sft_steps: 40, batch_size: 16}"  # = demo.QUICK_CHECKPOINT
 TINY_TOY = [TINY_CKPT, "source.n=8", "sample.k=2", "eval.source.n=4", "train.dpo.num_train_epochs=1",
             "train.dpo.per_device_train_batch_size=8", "sample.max_new_tokens=32", "eval.max_new_tokens=32"]
-# A real-checkpoint recipe shrunk onto the toy world: same stage chain, tiny model, offline judge.
-TINY_REAL = ["model=toy", TINY_CKPT, "rounds=1", "source={type: toy_world, split: dpo, n: 8}", "sample.k=2",
+# A real-checkpoint recipe shrunk onto the toy world: same stage chain, tiny model, offline judge, and its
+# eval benchmark on 4 held-out toy scenes.
+TINY_REAL = ["model=toy", TINY_CKPT, "source={type: toy_world, split: dpo, n: 8}", "sample.k=2",
              "sample.dtype=float32", "sample.max_new_tokens=32", "judge={name: grounding, vocabulary: toy}",
              "pairs={strategy: gap, min_gap: 1.0, sample_num: 2}", "train.dtype=float32",
              "train.accelerate_config=null", "train.dpo.num_train_epochs=1", "train.dpo.per_device_train_batch_size=8",
              "train.dpo.gradient_accumulation_steps=1", "train.dpo.activation_checkpointing=false",
-             "train.dpo.bf16=false", "eval=null"]
+             "train.dpo.bf16=false", "eval.source={type: toy_world, split: eval, n: 4, exclude_seen: true}",
+             "eval.max_new_tokens=32", "eval.batch_size=8"]
+# CHAIR over the toy world's object words (the COCO synonym lists live outside the repository).
+TOY_CHAIR = "eval.metric.synonyms=[[circle], [square], [triangle], [diamond], [star], [cross]]"
+STAGES = ["sample", "judge", "pairs", "train", "eval"]
+
+
+def tiny_overrides(recipe: Path) -> list[str]:
+    """Overrides that run a recipe's every stage on CPU in seconds; at most 2 rounds."""
+    raw = yaml.safe_load(recipe.read_text())
+    rounds = [f"rounds={min(raw.get('rounds', 1), 2)}"]
+    if raw["model"] == "toy":
+        return TINY_TOY + rounds
+    chair = (raw.get("eval") or {}).get("benchmark") == "chair"
+    return TINY_REAL + rounds + ([TOY_CHAIR] if chair else [])
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory, tiny_checkpoint):
+    """toy_world.yaml with TINY_TOY, run once for the module: the walk below and the rerun test share it."""
+    run = tmp_path_factory.mktemp("toy_run") / "run"
+    return run, run_recipe(TOY, tiny_overrides(TOY), out=run, progress=False, log=lambda *_: None)
 
 
 def test_recipes_are_found():
@@ -38,6 +64,8 @@ def test_every_recipe_dry_runs(recipe, tmp_path, halign_cache, capsys):
     assert main(["run", str(recipe), "--dry-run", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "plan:" in out and all(f"  {s}" in out for s in ("sample", "judge", "pairs", "train"))
+    rounds = yaml.safe_load(recipe.read_text()).get("rounds", 1)
+    assert (f"round {rounds} of {rounds} (round_{rounds}/" in out) == (rounds > 1)  # every round is planned
     assert not (tmp_path / "run").exists()
 
 
@@ -60,14 +88,24 @@ def test_impossible_combinations_fail(override, words):
         run_recipe(TOY, [override], dry_run=True, log=lambda *_: None)
 
 
-def test_declared_but_unimplemented_features_fail_only_at_execution(tmp_path):
+def test_mdpo_and_quantization_settings_are_checked_at_start_up(tmp_path):
     mdpo = TOY.parent / "mdpo_toy.yaml"
-    assert run_recipe(mdpo, dry_run=True, log=lambda *_: None)["notes"]
-    with pytest.raises(ValueError, match="mDPO objective is not implemented"):
-        run_recipe(mdpo, out=tmp_path / "m", log=lambda *_: None)
-    with pytest.raises(ValueError, match="rounds are not implemented"):
-        run_recipe(TOY, ["rounds=4"], out=tmp_path / "r", log=lambda *_: None)
-    assert not (tmp_path / "m").exists() and not (tmp_path / "r").exists()
+    plan = run_recipe(mdpo, dry_run=True, log=lambda *_: None)
+    assert plan["notes"] == [] and plan["config"]["train"]["mdpo"] is True
+    plan = run_recipe(TOY, ["train.mdpo={crop_area: [0.1, 0.2]}"], dry_run=True, log=lambda *_: None)
+    assert plan["config"]["train"]["mdpo"] == {"crop_area": [0.1, 0.2]}
+    with pytest.raises(ValueError, match="unknown mdpo key.*crop"):
+        run_recipe(TOY, ["train.mdpo={crop: 0.2}"], dry_run=True, log=lambda *_: None)
+    with pytest.raises(ValueError, match="needs peft"):
+        run_recipe(TOY, ["train.quantization=true", "train.peft=null"], dry_run=True, log=lambda *_: None)
+    with pytest.raises(ValueError, match="unknown quantization key"):
+        run_recipe(TOY, ["train.quantization={load_in_3bit: true}"], dry_run=True, log=lambda *_: None)
+    if not torch.cuda.is_available():  # QLoRA needs a GPU: dry-run says so, execution refuses before any stage
+        notes = run_recipe(TOY, ["train.quantization=true"], dry_run=True, log=lambda *_: None)["notes"]
+        assert any("train.quantization" in n for n in notes)
+        with pytest.raises(ValueError, match="train.quantization"):
+            run_recipe(TOY, ["train.quantization=true"], out=tmp_path / "q", log=lambda *_: None)
+        assert not (tmp_path / "q" / "sample").exists()
 
 
 def _keys(run: Path) -> dict:
@@ -75,10 +113,11 @@ def _keys(run: Path) -> dict:
             ("sample", "judge", "pairs", "train", "eval")}
 
 
-def test_rerun_skips_and_a_judge_change_reruns_downstream(tmp_path, tiny_checkpoint):
+def test_rerun_skips_and_a_judge_change_reruns_downstream(tmp_path, toy_run):
     run = tmp_path / "run"
-    first = run_recipe(TOY, TINY_TOY, out=run, progress=False, log=lambda *_: None)
-    assert first["ran"] == ["sample", "judge", "pairs", "train", "eval"]
+    shutil.copytree(toy_run[0], run)  # copy2: modification times kept, so the copy is as finished as the run
+    first = toy_run[1]
+    assert first["ran"] == STAGES
     for name in ("report_before.json", "report_after.json", "compare/compare.md", "compare/compare.png"):
         assert (run / "eval" / name).exists()
     keys = _keys(run)
@@ -103,10 +142,28 @@ def test_rerun_skips_and_a_judge_change_reruns_downstream(tmp_path, tiny_checkpo
     assert [entry["ran"] for entry in log] == [first["ran"], [], third["ran"]]
 
 
-@pytest.mark.parametrize("recipe", ["llava15_7b_rlaifv_lora.yaml", "qwen25vl_7b_full_zero3.yaml",
-                                    "llava_hound_video.yaml"])
-def test_real_recipes_run_every_stage_on_a_tiny_model(recipe, tmp_path, tiny_checkpoint):
-    result = run_recipe(TOY.parent / recipe, TINY_REAL, out=tmp_path / "run", progress=False, log=lambda *_: None)
-    assert result["ran"] == ["sample", "judge", "pairs", "train"]
-    manifest = json.loads((tmp_path / "run" / "train" / "manifest.json").read_text())
-    assert manifest["mode"] == ("full" if "full" in recipe else "lora") and manifest["steps"] > 0
+# Every recipe file under recipes/ (found by glob, so a new one cannot be forgotten).
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_recipe_runs_every_stage_on_a_tiny_model(recipe, tmp_path, tiny_checkpoint, request):
+    if recipe == TOY:
+        run, result = request.getfixturevalue("toy_run")  # the same run: reuse the module's
+    else:
+        run = tmp_path / "run"
+        result = run_recipe(recipe, tiny_overrides(recipe), out=run, progress=False, log=lambda *_: None)
+    cfg = result["config"]
+    stages = [s for s in STAGES if s != "eval" or cfg["eval"] is not None]
+    folders = stages if cfg["rounds"] == 1 else [f"round_{r}/{s}" for r in (1, 2) for s in stages]
+    assert result["ran"] == folders
+    for folder in folders:
+        assert json.loads((run / folder / "stage_key.json").read_text())["key"]
+    last = run if cfg["rounds"] == 1 else run / "round_2"
+    manifest = json.loads((last / "train" / "manifest.json").read_text())
+    assert manifest["mode"] == ("lora" if cfg["train"]["peft"] is not None else "full") and manifest["steps"] > 0
+    assert manifest["config"]["mdpo"] == cfg["train"]["mdpo"]  # the objective the recipe asked for
+    if cfg["train"]["mdpo"]:
+        log = json.loads((last / "train" / "train_log.json").read_text())
+        assert any("mdpo/image_margins" in row for row in log)
+    if cfg["eval"] is not None:
+        report = json.loads(Path(result["report"]).read_text())
+        assert Path(result["report"]) == last / "eval" / "report_after.json"
+        assert report["n"] == 4 and {"chair_s", "chair_i", "recall"} <= set(report["metrics"])
