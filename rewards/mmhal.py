@@ -129,19 +129,13 @@ class MMHalJudge:
         return self.client.stats
 
     def manifest_info(self) -> dict:
-        cfg = self.config
-        return {"judge": self.name, "model": cfg.model, "base_url": cfg.base_url, "api_key_env": cfg.api_key_env,
-                "template": self.template.name, "template_sha256": self.template.sha256,
-                "temperature": cfg.temperature, "max_completion_length": cfg.max_tokens,
-                "concurrency": cfg.concurrency, "max_retries": cfg.max_retries,
-                "cache_dir": str(cfg.cache_dir) if cfg.cache_dir else None}
+        return {"judge": self.name, "template": self.template.name, "template_sha256": self.template.sha256,
+                **self.config.describe()}
 
     def request(self, item: dict, response: str) -> JudgeRequest:
         inputs = {"image_contents": _image_contents(item), "question": str(item.get("question") or ""),
                   "reference_answer": str(item.get("gt_answer") or ""), "response": response}
-        material = {"judge": self.name, "model": self.config.model, "template_sha256": self.template.sha256,
-                    "inputs": inputs,
-                    "params": {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}}
+        material = self.config.key_material(self.name, self.template.sha256, inputs)
         return JudgeRequest(material, self.template.render(**inputs), _validate_reply)
 
     def rate(self, pairs: list[tuple[dict, str]]) -> list[JudgeResult]:

@@ -216,18 +216,11 @@ class CaptionJudge:
 
     def manifest_info(self) -> dict:
         """What decides the verdicts, for manifest.json (no key; no key named like a credential)."""
-        cfg = self.config
-        return {"judge": self.name, "model": cfg.model, "base_url": cfg.base_url,
-                "api_key_env": cfg.api_key_env, "template": self.template.name,
-                "template_sha256": self.template.sha256, "temperature": cfg.temperature,
-                "max_completion_length": cfg.max_tokens, "concurrency": cfg.concurrency,
-                "timeout": cfg.timeout, "max_retries": cfg.max_retries, "max_reasks": cfg.max_reasks,
-                "cache_dir": str(cfg.cache_dir) if cfg.cache_dir else None, "price_per_1m": cfg.price()}
+        return {"judge": self.name, "template": self.template.name, "template_sha256": self.template.sha256,
+                **self.config.describe()}
 
     def _material(self, template: Template, inputs: dict) -> dict:
-        cfg = self.config
-        return {"judge": self.name, "model": cfg.model, "template_sha256": template.sha256, "inputs": inputs,
-                "params": {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}}
+        return self.config.key_material(self.name, template.sha256, inputs)
 
     # -- pointwise
 

@@ -210,16 +210,12 @@ class ClaimsJudge:
             info.update(labeler=self.labeler_path or "in-memory model", yes_token_ids=self.labeler.yes_ids,
                         no_token_ids=self.labeler.no_ids)
         if self.client:
-            cfg = self.config
-            info.update(model=cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
-                        temperature=cfg.temperature, max_completion_length=cfg.max_tokens,
-                        concurrency=cfg.concurrency, cache_dir=str(cfg.cache_dir) if cfg.cache_dir else None)
+            info.update(self.config.describe())
         return info
 
     def _request(self, kind: str, inputs: dict, validator) -> JudgeRequest:
-        template, cfg = self.templates[kind], self.config
-        material = {"judge": f"{self.name}-{kind}", "model": cfg.model, "template_sha256": template.sha256,
-                    "inputs": inputs, "params": {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}}
+        template = self.templates[kind]
+        material = self.config.key_material(f"{self.name}-{kind}", template.sha256, inputs)
         return JudgeRequest(material, template.render(**inputs), validator)
 
     def _problem(self, cand: dict, prompts: dict[str, dict]) -> str | None:

@@ -155,6 +155,19 @@ class ClientConfig:
         table = {**DEFAULT_PRICES, **(self.prices or {})}
         return table.get(self.model)
 
+    def key_material(self, judge: str, template_sha256: str, inputs: dict) -> dict:
+        """What decides one verdict, hence its cache key: judge, model, template, inputs, sampling settings."""
+        return {"judge": judge, "model": self.model, "template_sha256": template_sha256, "inputs": inputs,
+                "params": {"temperature": self.temperature, "max_tokens": self.max_tokens}}
+
+    def describe(self) -> dict:
+        """The endpoint settings for a judge's manifest: the key's variable name, never the key."""
+        return {"model": self.model, "base_url": self.base_url, "api_key_env": self.api_key_env,
+                "temperature": self.temperature, "max_completion_length": self.max_tokens,
+                "concurrency": self.concurrency, "timeout": self.timeout, "max_retries": self.max_retries,
+                "max_reasks": self.max_reasks, "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+                "price_per_1m": self.price()}
+
 
 # ---------------------------------------------------------------------------------------------- cache
 
