@@ -311,8 +311,9 @@ def scene_record(cfg: ToyWorldConfig, scene: Scene, image_path: str | None = Non
 
 
 def write_prompts(cfg: ToyWorldConfig, split: str, n: int, out_dir: str | Path, start: int = 0,
-                  exclude: set[str] | None = None) -> list[dict]:
-    """Draw scenes as PNG files under out_dir/images and return prompt records that point at them."""
+                  exclude: set[str] | None = None, qa_fraction: float = 0.0) -> list[dict]:
+    """Draw scenes as PNG files under out_dir/images and return prompt records that point at them; with
+    `qa_fraction`, that fraction of them ask an existence question instead (`mix_existence_questions`)."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     records = []
@@ -321,7 +322,42 @@ def write_prompts(cfg: ToyWorldConfig, split: str, n: int, out_dir: str | Path, 
         if not path.exists():
             draw_scene(cfg, scene).save(path)
         records.append(scene_record(cfg, scene, str(path.resolve())))
-    return records
+    return mix_existence_questions(cfg, records, qa_fraction, split, start)
+
+
+def mix_existence_questions(cfg: ToyWorldConfig, records: list[dict], qa_fraction: float, split: str,
+                            start: int = 0) -> list[dict]:
+    """round(qa_fraction x len(records)) of the scene records ask one of their POPE questions instead of
+    the caption prompt (RLAIF-V mixes question types; a policy trained on captions only lets its short-answer
+    skill drift). The prompt budget stays the same: a scene is either captioned or questioned. Which scenes,
+    and which of a scene's six questions (yes and no equally likely), is seeded by (seed, split, start), so
+    each round's window draws its own mix. qa_fraction 0 returns the records unchanged.
+
+    Never on the eval split: held-out scenes are what POPE evaluates, so training on their questions
+    would score the model on its training data."""
+    if not 0 <= qa_fraction <= 1:
+        raise ValueError(f"qa_fraction must lie in [0, 1], got {qa_fraction}")
+    n_qa = round(qa_fraction * len(records))
+    if n_qa == 0:
+        return records
+    if split == "eval":
+        raise ValueError("existence questions are mixed into training prompts only, never into the eval split")
+    askable = [i for i, rec in enumerate(records) if rec.get("pope")]
+    if n_qa > len(askable):
+        raise ValueError(f"qa_fraction {qa_fraction}: {n_qa} questions wanted, {len(askable)} scenes have one")
+    rng = scene_rng(cfg.seed, f"{split}-qa", start)
+    chosen = set(rng.sample(askable, n_qa))
+    out = []
+    for i, rec in enumerate(records):
+        if i not in chosen:
+            out.append(rec)
+            continue
+        j = rng.randrange(len(rec["pope"]))
+        q = rec["pope"][j]
+        # Same scene, image and ground truth; only the question differs. The id stays unique per window.
+        out.append({**rec, "id": f"{rec['id']}-qa{j}", "question": q["question"],
+                    "qa": {"kind": q["kind"], "object": q["object"], "answer": q["answer"]}})
+    return out
 
 
 def to_hf_dataset(cfg: ToyWorldConfig, split: str, n: int, start: int = 0):

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 SECTIONS = ("model", "seed", "rounds", "toy_checkpoint", "source", "sample", "judge", "pairs", "train", "eval")
-SOURCE_KEYS = {"toy_world": {"type", "split", "n", "start", "exclude_seen", "world"},
+SOURCE_KEYS = {"toy_world": {"type", "split", "n", "start", "exclude_seen", "world", "qa_fraction"},
                "jsonl": {"type", "path", "max_images"}}
 TRAIN_KEYS = {"dpo", "peft", "dtype", "accelerate_config", "mdpo", "quantization"}
 EVAL_KEYS = {"source", "benchmark", "metric", "max_new_tokens", "batch_size", "before"}
@@ -102,9 +102,16 @@ def _check_source(where: str, src: dict | None) -> dict:
         return {"type": "jsonl", "max_images": None, **src}
     from halign.data_gen.toy_world import ToyWorldConfig
 
-    src = {"type": "toy_world", "split": "dpo", "n": 600, "start": 0, "exclude_seen": False, "world": {}, **src}
+    if where == "eval.source" and src.get("qa_fraction"):
+        raise ValueError("eval.source.qa_fraction: existence questions are mixed into training prompts only; "
+                         "the eval scenes stay held out (POPE asks them)")
+    src = {"type": "toy_world", "split": "dpo", "n": 600, "start": 0, "exclude_seen": False, "world": {},
+           "qa_fraction": 0.0, **src}
     if not isinstance(src["n"], int) or src["n"] < 1:
         raise ValueError(f"{where}.n must be a positive integer")
+    q = src["qa_fraction"]
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 1:
+        raise ValueError(f"{where}.qa_fraction must be a number in [0, 1], got {q!r}")
     _unknown(f"{where}.world", src["world"] or {}, [f.name for f in dataclasses.fields(ToyWorldConfig)])
     return src
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from halign.align.rlaif import TOY_QA_FRACTION
 from halign.data_gen.io import ensure_writable_dir, read_records, write_json, write_jsonl, write_manifest
 
 METRICS = ("chair_s", "chair_i", "recall", "mean_len", "n")
@@ -41,6 +42,10 @@ class DemoConfig:
     })
     checkpoint: dict = field(default_factory=dict)  # ToyCheckpointConfig overrides; {} = the standard one
     rounds: int = 3  # alignment rounds; after the first, each samples fresh scenes with the current policy
+    # Fraction of each round's training scenes asked a yes/no existence question instead of "Describe the
+    # image." (the grounding judge scores the answer against the scene's objects): keeps the short-answer
+    # skill that POPE measures from drifting while the captions are aligned (see align/rlaif.py).
+    qa_fraction: float = TOY_QA_FRACTION
     seed: int = 0
 
     @classmethod
@@ -78,7 +83,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     lap("checkpoint", t0)
 
     t0 = time.time()
-    dpo_prompts = toy_world.write_prompts(world, "dpo", cfg.dpo_scenes, run_dir / "world")
+    dpo_prompts = toy_world.write_prompts(world, "dpo", cfg.dpo_scenes, run_dir / "world",
+                                          qa_fraction=cfg.qa_fraction)
     # Held out for real: no evaluation image repeats a drawing seen in SFT or DPO.
     seen = toy_world.signatures(world, "sft", ckpt_cfg.sft_scenes)
     seen |= toy_world.signatures(world, "dpo", cfg.dpo_scenes * cfg.rounds)
@@ -93,8 +99,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     before = evaluate(model, processor, eval_prompts, metric, str(checkpoint), progress=progress,
                       desc="scoring before")
     write_json(run_dir / "report_before.json", before)
-    # A second metric the grounding judge never computes (DESIGN: judges never see their evaluator):
-    # yes/no existence questions, random / popular / adversarial negatives.
+    # A second metric, on scenes no judge ever scores (DESIGN: judges never see their evaluator): yes/no
+    # existence questions, random / popular / adversarial negatives. With qa_fraction > 0 the judge scores
+    # the same kind of question, but only on training scenes.
     pope_items = pope_prompts(eval_prompts)
     pope_before = evaluate(model, processor, pope_items, pope_metric(), str(checkpoint), max_new_tokens=4,
                            progress=progress, desc="POPE before")
@@ -173,6 +180,7 @@ def more_rounds(cfg: DemoConfig, trained, judge_options: dict, run_dir: Path, ev
 
     rlaif_cfg = RlaifConfig(
         model=str(trained), out=str(run_dir), rounds=cfg.rounds, prompts_per_round=cfg.dpo_scenes,
+        qa_fraction=cfg.qa_fraction,
         sample={"k": cfg.k, "temperature": cfg.temperature}, judge="grounding", judge_options=dict(judge_options),
         pairs={"strategy": cfg.pair_strategy, "min_gap": cfg.min_gap, "sample_num": cfg.sample_num},
         dpo=dict(cfg.dpo), seed=cfg.seed)
@@ -247,6 +255,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, help="PNG plot path (default: RUN/demo.png)")
     parser.add_argument("--quick", action="store_true", help="reduced run for smoke tests (seconds, not minutes)")
     parser.add_argument("--rounds", type=int, default=None, help="alignment rounds (default 3; --quick: 2)")
+    parser.add_argument("--qa-fraction", type=float, default=None,
+                        help=f"fraction of each round's prompts that are yes/no existence questions "
+                             f"(default {TOY_QA_FRACTION}; 0 = captions only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -258,6 +269,8 @@ def main(args: argparse.Namespace) -> int:
         if args.rounds < 1:
             raise ValueError("--rounds must be >= 1")
         cfg.rounds = args.rounds
+    if args.qa_fraction is not None:
+        cfg.qa_fraction = args.qa_fraction
     ensure_writable_dir(args.out)
     if args.json:
         ensure_writable_dir(Path(args.json).parent)

@@ -74,6 +74,9 @@ def model_path(cfg: dict) -> str:
 def source_identity(src: dict) -> dict:
     if src["type"] == "jsonl" and Path(src["path"]).is_file():
         return {**src, "sha256": file_sha256(src["path"])}
+    if src["type"] == "toy_world" and not src.get("qa_fraction"):
+        # qa_fraction 0 draws exactly the prompts drawn before the key existed: those runs keep their keys.
+        return {k: v for k, v in src.items() if k != "qa_fraction"}
     return src
 
 
@@ -92,7 +95,8 @@ def write_source(cfg: dict, src: dict, out_dir: Path, seen: set[str] | None = No
     from halign.data_gen import toy_world
 
     world = toy_world.ToyWorldConfig(**{"seed": cfg["seed"], **(src["world"] or {})})
-    records = toy_world.write_prompts(world, src["split"], src["n"], out_dir, src["start"], exclude=seen)
+    records = toy_world.write_prompts(world, src["split"], src["n"], out_dir, src["start"], exclude=seen,
+                                      qa_fraction=src.get("qa_fraction", 0.0))
     return write_jsonl(out_dir / "prompts.jsonl", records)
 
 
