@@ -18,7 +18,6 @@ import math
 import os
 import random
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,9 +25,9 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from halign.data_gen.io import stable_hash
+from halign.rewards.judges.disk_cache import DiskCache
 
 PLACEHOLDER_KEY = "EMPTY"  # what vLLM / Ollama accept when started without --api-key
-CACHE_VERSION = 1
 MAX_RETRY_AFTER = 300.0  # seconds
 
 # $ per 1M tokens (input, output), list prices when this table was written; override with `prices=` or
@@ -167,46 +166,6 @@ class ClientConfig:
                 "concurrency": self.concurrency, "timeout": self.timeout, "max_retries": self.max_retries,
                 "max_reasks": self.max_reasks, "cache_dir": str(self.cache_dir) if self.cache_dir else None,
                 "price_per_1m": self.price()}
-
-
-# ---------------------------------------------------------------------------------------------- cache
-
-class DiskCache:
-    """One JSON file per request hash, sharded by its first two hex digits.
-
-    Each file is written to a temp name and renamed, so a kill leaves a whole file or none; a file whose
-    stored request differs from the one asked for (or that cannot be read) counts as a miss.
-    """
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    def get(self, key: str, material: dict) -> dict | None:
-        try:
-            entry = json.loads(self.path(key).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if entry.get("version") != CACHE_VERSION or entry.get("request") != material:
-            return None
-        return entry
-
-    def put(self, key: str, material: dict, result: JudgeResult) -> None:
-        path = self.path(key)
-        path.parent.mkdir(exist_ok=True)
-        entry = {"version": CACHE_VERSION, "request": material, "parsed": result.parsed,
-                 "usage": result.usage, "raw": result.raw, "created": time.time()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(entry, fh, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 # ---------------------------------------------------------------------------------------------- client
