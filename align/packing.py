@@ -10,11 +10,17 @@ its last token, x itself and the earlier rejected tokens, never the chosen ones.
 prefix token sees (same token, same position, same keys), so its hidden state is that token's, and the row's
 next-token log-probs are, token for token, the ones trl computes on its two rows: chosen[0] is read at the
 last prefix position and rejected[0] at x. Position ids of x and rejected restart at the prefix's end.
+
+Qwen2-VL and Qwen2.5-VL use 3D rope positions (temporal, height, width): an image's tokens take grid positions
+and the text after it continues from the image's start + max(grid height, width). The model computes them
+from the unpacked sequence, so here the collator passes them explicitly (`mrope_prefix_positions`), laid out
+the same way: chosen, x and rejected continue from the prefix's last (text) position.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +29,14 @@ import torch
 
 CHOSEN, REJECTED = 1, 2  # segment ids in `segments`; 0 = prefix, x or padding
 # Families whose forward takes a custom 4D mask + 1D position ids unchanged (a causal HF decoder; image
-# features merged into the token embeddings). Each is checked against trl in tests/test_fast_dpo_families.py.
-# Not here: Qwen2-VL/2.5-VL (3D rope positions computed from the unpacked sequence), Gemma 3 (bidirectional
-# attention inside images), PaliGemma (a prefix-LM): they take trl's path.
-SUPPORTED_MODEL_TYPES = {"llava", "llava_next", "idefics3", "smolvlm"}
+# features merged into the token embeddings); Qwen2-VL/2.5-VL also take explicit 3D rope positions, which the
+# collator computes (MROPE_MODEL_TYPES). Each is checked against trl in tests/test_fast_dpo_families.py.
+# Not here: Gemma 3 (bidirectional attention inside images) and PaliGemma (a prefix-LM), whose masks a packed
+# row's causal 4D mask would change: they take trl's path.
+SUPPORTED_MODEL_TYPES = {"llava", "llava_next", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl"}
 SUPPORTED_ATTENTION = {"eager", "sdpa"}
+# Families whose decoder uses Qwen2-VL's multimodal rope (get_rope_index in transformers' modeling_qwen2_vl.py).
+MROPE_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl"}
 
 
 def packing_unsupported(model) -> str | None:
@@ -40,6 +49,37 @@ def packing_unsupported(model) -> str | None:
     if attention not in SUPPORTED_ATTENTION:
         return f"attention implementation {attention!r} ignores custom 4D masks (use eager or sdpa)"
     return None
+
+
+def mrope_merge_size(model) -> int | None:
+    """The vision config's spatial_merge_size for a Qwen2-VL-style 3D-rope model, else None (1D positions)."""
+    config = model.config
+    return config.vision_config.spatial_merge_size if config.model_type in MROPE_MODEL_TYPES else None
+
+
+def mrope_prefix_positions(prefix: torch.Tensor, image_token_id: int, grids, merge_size: int) -> torch.Tensor:
+    """(3, len(prefix)) rope positions of an unpadded prompt, as Qwen2-VL/2.5-VL's get_rope_index gives them.
+
+    Images only (no video): a run of image tokens takes the next image grid (t, h, w) from the iterator
+    `grids` (the processor's image_grid_thw, in order), positions start + (t, h, w) over the merged grid,
+    and the text after it continues at start + max(h, w) // merge_size. Text tokens have the same position
+    in all three rows. Checked against the model's own function in tests/test_fast_dpo.py.
+    """
+    pieces, start = [], 0
+    for is_image, run in itertools.groupby((prefix == image_token_id).tolist()):
+        length = len(list(run))
+        if not is_image:
+            pieces.append(torch.arange(start, start + length).expand(3, -1))
+            start += length
+            continue
+        t, h, w = (int(v) for v in next(grids))
+        h, w = h // merge_size, w // merge_size
+        grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"))
+        if t * h * w != length:  # e.g. two images with no text between them: the model cannot place them either
+            raise ValueError(f"a run of {length} image tokens does not match its image grid {(t, h, w)}")
+        pieces.append(grid.reshape(3, -1) + start)
+        start += max(h, w)
+    return torch.cat(pieces, dim=1)
 
 
 def _record_name(example: dict, index: int) -> str:
@@ -64,6 +104,8 @@ class PackedPairCollator:
     # mDPO (align/mdpo.py): also collate each pair's chosen answer with a corrupted copy of its image, under
     # batch["corrupted"] (the same packed layout with no rejected part).
     mdpo: Any = None
+    # Qwen2-VL/2.5-VL (`mrope_merge_size(model)`): build 3D rope position ids, shape (3, batch, width).
+    mrope_merge_size: int | None = None
 
     def _texts(self, examples):
         from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
@@ -106,7 +148,7 @@ class PackedPairCollator:
             chosen = sides["chosen"]["input_ids"][i][sides["chosen"]["attention_mask"][i].bool()][:keep]
             rejected = sides["rejected"]["input_ids"][i][sides["rejected"]["attention_mask"][i].bool()][:keep]
             rows.append((prefix, chosen, rejected))
-        batch = self._with_images(self._pack(rows), prompts)
+        batch = self._with_images(self._pack(rows, self._prefix_positions(prompts)), prompts)
         if self.mdpo is not None:
             batch["corrupted"] = self._corrupted_rows(examples, texts, rows)
         # Which records this batch holds: a non-finite loss is reported with them.
@@ -116,11 +158,21 @@ class PackedPairCollator:
                 batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.float32)
         return batch
 
+    def _prefix_positions(self, prompts) -> list[torch.Tensor] | None:
+        """Per row, the (3, n) rope positions of the unpadded prompt for 3D-rope families; None for 1D ones."""
+        if self.mrope_merge_size is None:
+            return None
+        grids = iter(prompts.get("image_grid_thw", ()))  # one per image, rows in order (as get_rope_index reads it)
+        return [mrope_prefix_positions(ids[mask.bool()], self.processor.image_token_id, grids, self.mrope_merge_size)
+                for ids, mask in zip(prompts["input_ids"], prompts["attention_mask"], strict=True)]
+
     @staticmethod
     def _with_images(batch: dict, processed) -> dict:
         for key, value in processed.items():
-            if key not in ("input_ids", "attention_mask"):
-                batch[key] = value  # pixel_values etc.: one image set per row
+            # mm_token_type_ids (Qwen) follows the padded prompt, not the packed row; the model only reads it to
+            # compute rope positions, which the packed batch carries explicitly.
+            if key not in ("input_ids", "attention_mask", "mm_token_type_ids"):
+                batch[key] = value  # pixel_values, image_grid_thw etc.: one image set per row
         return batch
 
     def _corrupted_rows(self, examples, texts, rows) -> dict[str, torch.Tensor]:
@@ -135,16 +187,17 @@ class PackedPairCollator:
         for i, (_, chosen, _) in enumerate(rows):
             # The crop is resized back to the image's size, so the prompt has the same tokens as with the real image.
             corrupted.append((prompts["input_ids"][i][prompts["attention_mask"][i].bool()], chosen, chosen[:0]))
-        return self._with_images(self._pack(corrupted), prompts)
+        return self._with_images(self._pack(corrupted, self._prefix_positions(prompts)), prompts)
 
-    def _pack(self, rows) -> dict[str, torch.Tensor]:
+    def _pack(self, rows, prefix_positions=None) -> dict[str, torch.Tensor]:
         pad_id = self.processor.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.processor.tokenizer.eos_token_id
         width = max(len(p) + len(c) + 1 + len(r) for p, c, r in rows)
         b = len(rows)
         input_ids = torch.full((b, width), pad_id, dtype=torch.long)
-        position_ids = torch.zeros((b, width), dtype=torch.long)
+        rope_rows = 1 if prefix_positions is None else 3
+        position_ids = torch.zeros((rope_rows, b, width), dtype=torch.long)
         labels = torch.full((b, width), -100, dtype=torch.long)
         segments = torch.zeros((b, width), dtype=torch.long)
         allowed = torch.zeros((b, width, width), dtype=torch.bool)
@@ -156,7 +209,12 @@ class PackedPairCollator:
             x = n + c
             end = x + 1 + r
             input_ids[i, :end] = torch.cat([prefix, chosen, prefix[-1:], rejected])
-            position_ids[i, :end] = torch.cat([torch.arange(n + c), torch.arange(n - 1, n + r)])
+            prefix_pos = torch.arange(n)[None] if prefix_positions is None else prefix_positions[i]
+            # The prefix ends on a text token (checked in __call__), so what follows it continues from its
+            # position + 1 in every rope row, as in the unpacked prefix+chosen and prefix+rejected sequences.
+            last = prefix_pos[:, -1:]
+            position_ids[:, i, :end] = torch.cat([prefix_pos, last + 1 + torch.arange(c), last,
+                                                  last + 1 + torch.arange(r)], dim=1)
             labels[i, n:x], labels[i, x + 1:end] = chosen, rejected
             segments[i, n:x], segments[i, x + 1:end] = CHOSEN, REJECTED
             allowed[i, :end, :end] = causal[:end, :end]
@@ -168,6 +226,7 @@ class PackedPairCollator:
         else:  # eager adds the mask to the scores
             mask = torch.zeros((b, 1, width, width), dtype=self.mask_dtype)
             mask.masked_fill_(~allowed[:, None], torch.finfo(self.mask_dtype).min)
+        position_ids = position_ids[0] if prefix_positions is None else position_ids  # (b, width) or (3, b, width)
         return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids, "labels": labels,
                 "segments": segments}
 

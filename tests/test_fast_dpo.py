@@ -187,13 +187,49 @@ def test_families_without_custom_masks_fall_back():
 
     from halign.align.packing import packing_unsupported
 
-    for family in ("qwen2_vl", "gemma3", "paligemma"):  # 3D rope / bidirectional image attention / prefix-LM
+    for family in ("gemma3", "paligemma"):  # bidirectional image attention / prefix-LM
         model, _ = build_family(family, with_processor=False)
         assert family in packing_unsupported(model)
     model, _ = build_family("llava", with_processor=False)
     assert packing_unsupported(model) is None
     model.config.get_text_config()._attn_implementation = "flash_attention_2"
     assert "flash_attention_2" in packing_unsupported(model)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_packed_mrope_positions_equal_the_models_own(family):
+    """Qwen's 3D rope positions in a packed row are get_rope_index's on the unpacked prompt+chosen and
+    prompt+rejected sequences, with non-square images and two images in one prompt."""
+    from PIL import Image
+    from tiny_models import build_family
+
+    from halign.align.packing import PackedPairCollator, mrope_merge_size
+
+    model, processor = build_family(family)
+    sizes = [[(32, 16)], [(24, 32), (16, 16)]]  # (width, height) per image, per pair
+    examples = [{"images": [Image.new("RGB", size, (200, 30, 30)) for size in row],
+                 "prompt": [{"role": "user", "content": "what is in the image ?"}],
+                 "chosen": [{"role": "assistant", "content": "a red circle ."}],
+                 "rejected": [{"role": "assistant", "content": "a blue square and a star on the left ."}]}
+                for row in sizes]
+    batch = PackedPairCollator(processor, mrope_merge_size=mrope_merge_size(model))(examples)
+    grids = batch["image_grid_thw"].split([len(row) for row in sizes])
+    assert batch["position_ids"].shape == (3, *batch["input_ids"].shape)
+    assert len({tuple(g[1:].tolist()) for g in batch["image_grid_thw"]}) == 3  # non-square grids are tested
+
+    def rope_index(ids, grid):
+        ids = ids[None]
+        return model.model.get_rope_index(ids, mm_token_type_ids=(ids == processor.image_token_id).int(),
+                                          image_grid_thw=grid)[0][:, 0]
+
+    for i, grid in enumerate(grids):
+        ids, positions, segments = batch["input_ids"][i], batch["position_ids"][:, i], batch["segments"][i]
+        chosen, rejected = (segments == 1).nonzero()[:, 0], (segments == 2).nonzero()[:, 0]
+        n, x, end = int(chosen[0]), int(chosen[-1]) + 1, int(rejected[-1]) + 1
+        assert torch.equal(positions[:, :x], rope_index(ids[:x], grid))  # prefix | chosen
+        unpacked = rope_index(torch.cat([ids[:n], ids[x + 1:end]]), grid)  # prefix | rejected
+        assert torch.equal(positions[:, x], unpacked[:, n - 1])  # x sits at the prefix's last position
+        assert torch.equal(positions[:, x + 1:end], unpacked[:, n:])
 
 
 def test_nan_loss_stops_with_step_and_records(tmp_path, tiny_checkpoint, pairs_dataset):
