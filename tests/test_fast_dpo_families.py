@@ -6,9 +6,9 @@ gets the same loss-and-gradient comparison on a tiny random checkpoint from test
 
 import datasets
 import pytest
-import torch
 
 import tiny_models  # tests/ is on sys.path
+from test_fast_dpo import _assert_same, _perturb
 from test_model_families import write_pairs
 
 from halign.align.packing import SUPPORTED_MODEL_TYPES
@@ -41,29 +41,9 @@ def _trainers(family, root, lora):
     return trainers
 
 
-def _loss_and_grads(trainer):
-    batch = trainer.data_collator([dict(trainer.train_dataset[i]) for i in range(len(trainer.train_dataset))])
-    batch = trainer._prepare_inputs(batch)
-    trainer.model.zero_grad(set_to_none=True)
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-
-
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 @pytest.mark.parametrize("family", PACKED)
 def test_packed_family_equals_trl(family, lora, tmp_path):
     reference, fast = _trainers(family, tmp_path, lora)
-    generator = torch.Generator().manual_seed(1)
-    params = [dict(t.model.named_parameters()) for t in (reference, fast)]
-    with torch.no_grad():  # move both policies off the reference identically
-        for name, param in params[0].items():
-            if param.requires_grad:
-                noise = torch.randn(param.shape, generator=generator) * 0.05
-                for other in params:
-                    other[name].add_(noise)
-    (loss_a, grads_a), (loss_b, grads_b) = _loss_and_grads(reference), _loss_and_grads(fast)
-    assert abs(loss_a - loss_b) < 1e-5, (loss_a, loss_b)
-    assert grads_a.keys() == grads_b.keys() and grads_a
-    assert max((grads_a[n] - grads_b[n]).abs().max().item() for n in grads_a) < 1e-5
-    assert any(g.abs().max() > 1e-4 for g in grads_a.values())
+    _perturb([reference, fast])  # move both policies off the reference identically
+    _assert_same(reference, fast)  # loss and every gradient within 1e-5, gradients non-trivial

@@ -22,6 +22,7 @@ import json
 import re
 from pathlib import Path
 
+from halign.rewards.judges.caption import question_text  # the question of a prompt record
 from halign.rewards.object_hallucination import ObjectVocabulary, score_item
 from halign.rewards.pope import parse_pope_answer
 
@@ -51,20 +52,6 @@ def load_vocabulary(spec: dict[str, list[str]] | str) -> dict[str, list[str]]:
     if not isinstance(vocab, dict) or not all(isinstance(v, list) for v in vocab.values()):
         raise ValueError(f"grounding judge: {path} must hold an object {{category: [words]}}")
     return vocab
-
-
-def question_text(prompt: dict) -> str:
-    """The prompt's question: `question`, else the text of the last user turn of `messages`."""
-    if prompt.get("question"):
-        return str(prompt["question"])
-    for message in reversed(prompt.get("messages") or []):
-        if message.get("role") != "user":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            return content
-        return " ".join(part.get("text", "") for part in content or [] if part.get("type") == "text")
-    return ""
 
 
 def existence_object(question: str, vocab: ObjectVocabulary) -> str | None:
