@@ -32,6 +32,7 @@ from trl import DPOTrainer
 
 from halign.align.packing import (CHOSEN, REJECTED, PackedPairCollator, hash_reference, mrope_merge_size,
                                   packing_unsupported)
+from halign.align.packing_families import family_layout
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class FastVisionDPOTrainer(DPOTrainer):
             sdpa = model.config.get_text_config()._attn_implementation == "sdpa"
             data_collator = PackedPairCollator(processing_class, args.max_length,
                                                mask_dtype=torch.bool if sdpa else model.dtype, mdpo=self.mdpo,
-                                               mrope_merge_size=mrope_merge_size(model))
+                                               mrope_merge_size=mrope_merge_size(model), layout=family_layout(model))
         elif self.mdpo is not None and getattr(data_collator, "mdpo", None) != self.mdpo:
             raise ValueError("mdpo is set but the data collator does not build corrupted-image rows with it")
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,

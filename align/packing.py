@@ -15,6 +15,10 @@ Qwen2-VL and Qwen2.5-VL use 3D rope positions (temporal, height, width): an imag
 and the text after it continues from the image's start + max(grid height, width). The model computes them
 from the unpacked sequence, so here the collator passes them explicitly (`mrope_prefix_positions`), laid out
 the same way: chosen, x and rejected continue from the prefix's last (text) position.
+
+PaliGemma and PaliGemma 2 (prefix-LMs) get a bidirectional prefix block and 1-indexed positions, Gemma 3
+bidirectional blocks over each image and a second, sliding-window mask for its local layers: see
+align/packing_families.py, whose `FamilyLayout` the collator takes from the model (`family_layout`).
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ from typing import Any
 
 import torch
 
+from halign.align.packing_families import FamilyLayout, completion_processor, image_blocks, layer_masks
+
 CHOSEN, REJECTED = 1, 2  # segment ids in `segments`; 0 = prefix, x or padding
-# Families whose forward takes a custom 4D mask + 1D position ids unchanged (a causal HF decoder; image
-# features merged into the token embeddings); Qwen2-VL/2.5-VL also take explicit 3D rope positions, which the
-# collator computes (MROPE_MODEL_TYPES). Each is checked against trl in tests/test_fast_dpo_families.py.
-# Not here: Gemma 3 (bidirectional attention inside images) and PaliGemma (a prefix-LM), whose masks a packed
-# row's causal 4D mask would change: they take trl's path.
-SUPPORTED_MODEL_TYPES = {"llava", "llava_next", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl"}
+# Families whose forward takes a custom mask + position ids unchanged (image features merged into the token
+# embeddings): causal decoders; Qwen2-VL/2.5-VL, which also take explicit 3D rope positions that the collator
+# computes (MROPE_MODEL_TYPES); PaliGemma/PaliGemma 2 (prefix-LMs) and Gemma 3 (bidirectional attention inside
+# each image, sliding-window layers), whose masks and positions the collator builds (packing_families.py).
+# Each is checked against trl in tests/test_fast_dpo_families.py; any other family takes trl's path.
+SUPPORTED_MODEL_TYPES = {"llava", "llava_next", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "paligemma", "gemma3"}
 SUPPORTED_ATTENTION = {"eager", "sdpa"}
 # Families whose decoder uses Qwen2-VL's multimodal rope (get_rope_index in transformers' modeling_qwen2_vl.py).
 MROPE_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl"}
@@ -106,6 +112,12 @@ class PackedPairCollator:
     mdpo: Any = None
     # Qwen2-VL/2.5-VL (`mrope_merge_size(model)`): build 3D rope position ids, shape (3, batch, width).
     mrope_merge_size: int | None = None
+    # `family_layout(model)`: PaliGemma's bidirectional prompt block and 1-indexed positions, Gemma 3's image
+    # blocks and sliding-window mask; the causal default for every other family.
+    layout: FamilyLayout = FamilyLayout()
+
+    def __post_init__(self):
+        self.processor = completion_processor(self.processor)  # PaliGemma: completions through its tokenizer
 
     def _texts(self, examples):
         from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
@@ -147,6 +159,11 @@ class PackedPairCollator:
             keep = None if self.max_length is None else self.max_length - n
             chosen = sides["chosen"]["input_ids"][i][sides["chosen"]["attention_mask"][i].bool()][:keep]
             rejected = sides["rejected"]["input_ids"][i][sides["rejected"]["attention_mask"][i].bool()][:keep]
+            window, longest = self.layout.sliding_window, n + max(len(chosen), len(rejected))
+            if window is not None and not self.layout.mask_mapping and longest > window:
+                raise ValueError(f"{_record_name(example, i)}: prompt + completion is {longest} tokens, more than the "
+                                 f"sliding window ({window}) that packed rows cannot apply; set max_length <= {window} "
+                                 "or use fast: false")
             rows.append((prefix, chosen, rejected))
         batch = self._with_images(self._pack(rows, self._prefix_positions(prompts)), prompts)
         if self.mdpo is not None:
@@ -169,9 +186,9 @@ class PackedPairCollator:
     @staticmethod
     def _with_images(batch: dict, processed) -> dict:
         for key, value in processed.items():
-            # mm_token_type_ids (Qwen) follows the padded prompt, not the packed row; the model only reads it to
-            # compute rope positions, which the packed batch carries explicitly.
-            if key not in ("input_ids", "attention_mask", "mm_token_type_ids"):
+            # (mm_)token_type_ids follow the padded prompt, not the packed row: Qwen only reads them to compute
+            # rope positions, PaliGemma to build its prefix-LM mask; the packed batch carries both explicitly.
+            if key not in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"):
                 batch[key] = value  # pixel_values, image_grid_thw etc.: one image set per row
         return batch
 
@@ -209,7 +226,8 @@ class PackedPairCollator:
             x = n + c
             end = x + 1 + r
             input_ids[i, :end] = torch.cat([prefix, chosen, prefix[-1:], rejected])
-            prefix_pos = torch.arange(n)[None] if prefix_positions is None else prefix_positions[i]
+            offset = self.layout.position_offset  # PaliGemma positions start at 1
+            prefix_pos = torch.arange(offset, offset + n)[None] if prefix_positions is None else prefix_positions[i]
             # The prefix ends on a text token (checked in __call__), so what follows it continues from its
             # position + 1 in every rope row, as in the unpacked prefix+chosen and prefix+rejected sequences.
             last = prefix_pos[:, -1:]
@@ -218,17 +236,25 @@ class PackedPairCollator:
             labels[i, n:x], labels[i, x + 1:end] = chosen, rejected
             segments[i, n:x], segments[i, x + 1:end] = CHOSEN, REJECTED
             allowed[i, :end, :end] = causal[:end, :end]
+            if self.layout.bidirectional_prefix:  # prefix-LM: the prompt sees all of itself, still nothing after it
+                allowed[i, :n, :n] = True
+            if self.layout.image_block_token_id is not None:  # Gemma 3: each image's tokens see all of that image
+                allowed[i, :n, :n] |= image_blocks(prefix, self.layout.image_block_token_id)
             allowed[i, x:end, n - 1:x] = False  # x and rejected: not the last prefix token, not chosen
             idx = torch.arange(end, width)
             allowed[i, idx, idx] = True  # padding rows see themselves only: finite softmax, never read
-        if self.mask_dtype == torch.bool:  # sdpa takes a boolean mask (True = attend)
-            mask = allowed[:, None]
-        else:  # eager adds the mask to the scores
-            mask = torch.zeros((b, 1, width, width), dtype=self.mask_dtype)
-            mask.masked_fill_(~allowed[:, None], torch.finfo(self.mask_dtype).min)
+        masks = layer_masks(allowed, position_ids[0], self.layout)  # Gemma 3: {full, sliding} masks
+        mask = {k: self._as_mask(v) for k, v in masks.items()} if isinstance(masks, dict) else self._as_mask(masks)
         position_ids = position_ids[0] if prefix_positions is None else position_ids  # (b, width) or (3, b, width)
         return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids, "labels": labels,
                 "segments": segments}
+
+    def _as_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """(b, 1, w, w) attention mask from the (b, w, w) allowed pairs."""
+        if self.mask_dtype == torch.bool:  # sdpa takes a boolean mask (True = attend)
+            return allowed[:, None]
+        mask = torch.zeros((allowed.shape[0], 1, *allowed.shape[1:]), dtype=self.mask_dtype)
+        return mask.masked_fill_(~allowed[:, None], torch.finfo(self.mask_dtype).min)  # eager adds it to the scores
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")

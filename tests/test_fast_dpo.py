@@ -183,17 +183,40 @@ def test_train_fast_wiring(tiny_checkpoint, pairs_dataset, tmp_path):
 
 
 def test_families_without_custom_masks_fall_back():
-    from tiny_models import build_family
+    from tiny_models import FAMILIES, build_family
 
-    from halign.align.packing import packing_unsupported
+    from halign.align.packing import SUPPORTED_MODEL_TYPES, packing_unsupported
 
-    for family in ("gemma3", "paligemma"):  # bidirectional image attention / prefix-LM
-        model, _ = build_family(family, with_processor=False)
-        assert family in packing_unsupported(model)
+    assert set(FAMILIES) <= SUPPORTED_MODEL_TYPES  # every tested family packs (tests/test_fast_dpo_families.py)
     model, _ = build_family("llava", with_processor=False)
     assert packing_unsupported(model) is None
-    model.config.get_text_config()._attn_implementation = "flash_attention_2"
+    model.config.get_text_config()._attn_implementation = "flash_attention_2"  # ignores custom 4D masks
     assert "flash_attention_2" in packing_unsupported(model)
+    model.config.get_text_config()._attn_implementation = "sdpa"
+    model.config.model_type = "mllama"  # a family never checked against trl
+    assert "mllama" in packing_unsupported(model)
+
+
+def test_sliding_window_rows_refused_where_the_mask_cannot_apply_it():
+    """PaliGemma 2's forward reuses one 4D mask for its sliding layers: a longer row is an error, not a change."""
+    from PIL import Image
+    from tiny_models import build_family
+
+    from halign.align.packing import PackedPairCollator
+    from halign.align.packing_families import FamilyLayout
+
+    processor = build_family("paligemma")[1]
+    layout = FamilyLayout(position_offset=1, bidirectional_prefix=True, sliding_window=8)
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    example = {"prompt_id": "p0", "images": [image], "prompt": [{"role": "user", "content": "describe the image ."}],
+               "chosen": [{"role": "assistant", "content": "a red square ."}],
+               "rejected": [{"role": "assistant", "content": "a blue circle ."}]}
+    with pytest.raises(ValueError, match=r"record 'p0'.*sliding window \(8\)"):
+        PackedPairCollator(processor, layout=layout)([example])
+    batch = PackedPairCollator(processor, layout=FamilyLayout(position_offset=1, bidirectional_prefix=True))([example])
+    assert batch["position_ids"][0, 0] == 1  # PaliGemma positions are 1-indexed
+    # The processor's prompt-shaped token_type_ids and BC labels are not passed on: the packed row has its own.
+    assert "token_type_ids" not in batch and batch["labels"].shape == batch["input_ids"].shape
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])

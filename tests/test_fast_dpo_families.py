@@ -20,6 +20,7 @@ LORA = {"target_modules": r".*(language_model|text_model).*\.(q_proj|k_proj|v_pr
 def _trainers(family, root, lora):
     from trl import DPOTrainer
 
+    from halign.align.collator import make_data_collator
     from halign.align.dpo import TrainConfig, make_dpo_config, make_lora_config
     from halign.align.fast_dpo import FastVisionDPOTrainer
     from halign.align.model import load_policy
@@ -37,7 +38,10 @@ def _trainers(family, root, lora):
         model.train()
         kwargs = dict(model=model, args=args, train_dataset=dataset, processing_class=processor,
                       peft_config=make_lora_config(cfg))
-        trainers.append(FastVisionDPOTrainer(**kwargs, ref_cache_dir=root / "cache") if fast else DPOTrainer(**kwargs))
+        if fast:
+            trainers.append(FastVisionDPOTrainer(**kwargs, ref_cache_dir=root / "cache"))
+        else:  # trl with the collator halign.align.dpo.train gives it (PaliGemma's prefix-LM view, else trl's own)
+            trainers.append(DPOTrainer(**kwargs, data_collator=make_data_collator(processor, args)))
     return trainers
 
 

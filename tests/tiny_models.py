@@ -265,7 +265,9 @@ def build_gemma3(with_processor: bool = True):
     text = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                             num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
                             sliding_window=16, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                            eos_token_id=tok.eos_token_id)
+                            eos_token_id=tok.eos_token_id,
+                            # one layer of each kind (rows are longer than the window, so it matters)
+                            layer_types=["sliding_attention", "full_attention"])
     config = Gemma3Config(text_config=text, vision_config=_siglip(), mm_tokens_per_image=4,
                           image_token_id=tok.convert_tokens_to_ids("<image_soft_token>"),
                           boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
@@ -289,7 +291,9 @@ def build_paligemma(with_processor: bool = True):
     ip = pil_image_processor("siglip", "SiglipImageProcessorPil", size={"height": 32, "width": 32})
     ip.image_seq_length = 16  # 32 px / 8 px patches
     processor = PaliGemmaProcessor(image_processor=ip, tokenizer=tok, chat_template=template)
-    text = GemmaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    # Two layers: with one, only the last prompt token reads the prompt's attention outputs, and it sees the
+    # whole prompt under a causal mask too, so a lost prefix-LM (bidirectional) mask would go unnoticed.
+    text = GemmaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     config = PaliGemmaConfig(text_config=text.to_dict(), vision_config=_siglip(), projection_dim=32,
