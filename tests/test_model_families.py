@@ -67,10 +67,11 @@ def family_setup(tmp_path_factory):
     return get
 
 
-def run_step(ckpt, pairs, out, peft):
-    dpo = {"max_steps": 1, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "warmup_steps": 0,
+def run_step(ckpt, pairs, out, peft, steps=1, mdpo=None):
+    dpo = {"max_steps": steps, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "warmup_steps": 0,
            "logging_steps": 1, "num_train_epochs": 1}
-    return train(TrainConfig(model=str(ckpt), pairs=str(pairs), output_dir=str(out), dpo=dpo, peft=peft), progress=False)
+    return train(TrainConfig(model=str(ckpt), pairs=str(pairs), output_dir=str(out), dpo=dpo, peft=peft, mdpo=mdpo),
+                 progress=False)
 
 
 def _state(folder):
@@ -89,6 +90,17 @@ def test_lora_step(family, family_setup, tmp_path):
     assert any(v.abs().sum() > 0 for v in lora_b.values())
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["mode"] == "lora" and manifest["steps"] == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mdpo_steps(family, family_setup, tmp_path):
+    """mDPO's corrupted-image rows run on every family (the loss itself is checked by hand in test_mdpo.py)."""
+    ckpt, pairs = family_setup(family)
+    peft = TEXT_MODEL_LORA if family in ("idefics3", "smolvlm") else {}
+    out = run_step(ckpt, pairs, tmp_path / "out", peft, steps=2, mdpo=True)
+    log = [row for row in json.loads((out / "train_log.json").read_text()) if "mdpo/image_margins" in row]
+    assert len(log) == 2 and all(row["loss"] == row["loss"] for row in log)  # finite, logged every step
+    assert log[1]["mdpo/image_margins"] != 0.0  # after one update the policy tells real from corrupted images
 
 
 @pytest.mark.parametrize("family", FAMILIES)
