@@ -1,10 +1,12 @@
 """Fast vision DPO (align/fast_dpo.py) vs plain trl.DPOTrainer: time and peak memory per training step.
 
-    python tests/benchmarks/train_step.py [--pairs 4] [--runs 3] [--modes lora,full]
+    python tests/benchmarks/train_step.py [--pairs 4] [--runs 3] [--modes lora,full] [--family llava|qwen2_vl]
 
 A small LLaVA built from config classes (CLIP 224 px / 28 px patches -> 64 image tokens, 4 x 256 vision layers;
 Llama decoder 512 hidden, 4 layers, 8000-token vocabulary; ~27M parameters), saved to a temporary folder so
-both trainers load the reference the same way. Pairs: random 224 px images, a short question, answers of about
+both trainers load the reference the same way. `--family qwen2_vl`: the same proportions in Qwen2-VL's
+architecture (14 px patches merged 2x2 -> 64 image tokens, 3D rope positions; the packed row's positions are
+computed by halign's collator). Pairs: random 224 px images, a short question, answers of about
 14 tokens (image tokens ~4.5x the answer tokens). Same pairs, same seed, activation checkpointing off on both
 sides, one batch of all pairs per step.
 
@@ -59,6 +61,36 @@ def build_checkpoint(folder: Path) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def build_qwen2_vl_checkpoint(folder: Path) -> Path:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    from tiny_models import QWEN_SPECIALS, QWEN_TEMPLATE, build_tokenizer, make_processor, pil_image_processor, video_processor
+
+    torch.manual_seed(0)
+    tok = build_tokenizer(QWEN_SPECIALS, QWEN_TEMPLATE, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>")
+    # 224 px -> 16 x 16 patches of 14 px, merged 2 x 2 -> 64 image tokens, as the LLaVA variant has.
+    sizes = dict(patch_size=14, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 224 * 224, "longest_edge": 224 * 224})
+    processor = make_processor(Qwen2VLProcessor, image_processor=pil_image_processor("qwen2_vl", "Qwen2VLImageProcessorPil", **sizes),
+                               tokenizer=tok, video_processor=video_processor("Qwen2VLVideoProcessor", **sizes),
+                               chat_template=QWEN_TEMPLATE)
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    text = dict(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
+                num_key_value_heads=8, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]})
+    vision = dict(depth=4, embed_dim=256, hidden_size=512, num_heads=4, mlp_ratio=4, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2)
+    model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=text, vision_config=vision, **ids))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+BUILDERS = {"llava": build_checkpoint, "qwen2_vl": build_qwen2_vl_checkpoint}
 
 
 def build_pairs(folder: Path, n: int) -> Path:
@@ -152,12 +184,13 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=4, help="pairs per batch (one batch per step)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--modes", default="lora,full")
+    parser.add_argument("--family", default="llava", choices=sorted(BUILDERS))
     args = parser.parse_args()
     torch.manual_seed(0)
     summary = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        checkpoint = build_checkpoint(tmp / "checkpoint")
+        checkpoint = BUILDERS[args.family](tmp / "checkpoint")
         pairs = build_pairs(tmp, args.pairs)
         for mode in args.modes.split(","):
             lora = mode == "lora"
@@ -195,7 +228,8 @@ def main() -> int:
                             abs(first["ours"] - first["trl"])))
             del trl_side, ours
     kind = "CUDA max_memory_allocated" if torch.cuda.is_available() else "CPU held tensors + step peak RSS"
-    print(f"\nratios ours / trl (median of {args.runs}; memory: {kind}; targets time <= 0.6, memory <= 0.8)")
+    print(f"\n{args.family}: ratios ours / trl (median of {args.runs}; memory: {kind}; targets time <= 0.6, "
+          f"memory <= 0.8)")
     for mode, t, m, d in summary:
         print(f"  {mode:4s}  time {t:.2f}   peak memory {m:.2f}   step-1 loss |diff| {d:.1e}")
     return 0
