@@ -109,10 +109,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     from halign.align.validate import validate_pairs
 
     from halign.align.mdpo import MdpoConfig
-
-    started = time.time()
     from halign.align.qlora import make_quantization_config
 
+    started = time.time()
     mdpo = MdpoConfig.from_setting(cfg.mdpo)  # bad mdpo keys fail here, before anything loads
     quantization = make_quantization_config(cfg.quantization, lora=cfg.peft is not None)
     out = ensure_writable_dir(cfg.output_dir)
@@ -143,29 +142,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     dataset, pair_check = validate_pairs(dataset, processor, max_length=dpo_config.max_length,
                                          strict=cfg.strict_pairs, out_dir=out if main_process else None)
     trainer_cls, collator = DPOTrainer, make_data_collator(processor, dpo_config)
-    if cfg.fast:
+    why = fast_path_refusal(cfg, model, dpo_config)
+    if why and mdpo is not None:
+        raise ValueError(f"mdpo needs the fast DPO trainer, which cannot run here: {why}")
+    if not why:
         from halign.align.fast_dpo import FastVisionDPOTrainer
-        from halign.align.packing import packing_unsupported
 
-        from halign.align.fast_dpo import check_supported
-
-        why = packing_unsupported(model)
-        if not why and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-            why = "not yet verified under DeepSpeed ZeRO"
-        if not why:
-            try:
-                check_supported(dpo_config)
-            except ValueError as err:  # a loss or setting only trl implements: trl's path, same results
-                why = str(err).replace("; use fast: false", "")
-        if why and mdpo is not None:
-            raise ValueError(f"mdpo needs the fast DPO trainer, which cannot run here: {why}")
-        if why:
-            print(f"fast DPO: falling back to trl's DPOTrainer ({why})")
-        else:
-            trainer_cls, collator = FastVisionDPOTrainer, None
-            keep = keep + [c for c in ("prompt_id",) if c in dataset.column_names]  # names records in errors
-    elif mdpo is not None:
-        raise ValueError("mdpo needs the fast DPO trainer (fast: true)")
+        trainer_cls, collator = FastVisionDPOTrainer, None
+        keep = keep + [c for c in ("prompt_id",) if c in dataset.column_names]  # names records in errors
+    elif cfg.fast:
+        print(f"fast DPO: falling back to trl's DPOTrainer ({why})")
     dataset = dataset.select_columns(keep)
     extra = {"mdpo": mdpo} if mdpo is not None else {}
     trainer = trainer_cls(model=model, args=dpo_config, train_dataset=dataset, processing_class=processor,
@@ -194,6 +180,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         "trainer": type(trainer).__name__, "pair_check": pair_check,
     })
     return out
+
+
+def fast_path_refusal(cfg: TrainConfig, model, dpo_config) -> str | None:
+    """None when FastVisionDPOTrainer can run this training, else why not (trl's DPOTrainer runs instead)."""
+    if not cfg.fast:
+        return "fast: false"
+    from halign.align.fast_dpo import check_supported
+    from halign.align.packing import packing_unsupported
+
+    why = packing_unsupported(model)
+    if not why and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        why = "not yet verified under DeepSpeed ZeRO"
+    if not why:
+        try:
+            check_supported(dpo_config)
+        except ValueError as err:  # a loss or setting only trl implements: trl's path, same results
+            why = str(err).replace("; use fast: false", "")
+    return why
 
 
 def attach_tracking(trainer, track: dict, processor, out: Path):

@@ -49,3 +49,16 @@ def load_object(spec: str, builtins: dict[str, Any]) -> Any:
         return getattr(module, attr)
     except AttributeError:
         raise ValueError(f"{module_name!r} has no attribute {attr!r} (from {spec!r})") from None
+
+
+def match_references(responses: list[dict], references: dict[str, dict]) -> tuple[list[tuple[dict, dict]], list]:
+    """(response, reference) pairs joined on the response's `id`, and the ids that have no reference
+    (a Metric lists those as `missing_ids` rather than scoring them against nothing)."""
+    matched, missing = [], []
+    for resp in responses:
+        ref = references.get(resp["id"])
+        if ref is None:
+            missing.append(resp["id"])
+        else:
+            matched.append((resp, ref))
+    return matched, missing

@@ -27,7 +27,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from halign.rewards.judges.caption import Template, load_template
+from halign.rewards.judges.caption import EndpointJudge, Template, load_template
 from halign.rewards.judges.llm_client import ClientConfig, InvalidOutput, JudgeRequest, JudgeResult, LLMClient
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "mmhal_judge_v1.txt"
@@ -101,7 +101,7 @@ def _image_contents(item: dict) -> str:
     return ", ".join(str(c) for c in contents) or "(none listed)"
 
 
-class MMHalJudge:
+class MMHalJudge(EndpointJudge):
     """Rates responses with an LLM on any OpenAI-compatible endpoint (through LLMClient: concurrency,
     retries on 429/5xx/timeouts, on-disk cache keyed by model + template hash + inputs)."""
 
@@ -123,14 +123,6 @@ class MMHalJudge:
         self.template: Template = load_template(str(template))
         self.progress = progress
         self.client = LLMClient(self.config, name=self.name)  # fails here, at start-up, without a key
-
-    @property
-    def stats(self):
-        return self.client.stats
-
-    def manifest_info(self) -> dict:
-        return {"judge": self.name, "template": self.template.name, "template_sha256": self.template.sha256,
-                **self.config.describe()}
 
     def request(self, item: dict, response: str) -> JudgeRequest:
         inputs = {"image_contents": _image_contents(item), "question": str(item.get("question") or ""),

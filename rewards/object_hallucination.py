@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from halign.rewards.base import match_references
+
 WORD_RE = re.compile(r"[a-z]+(?:[-'][a-z]+)*")
 
 
@@ -78,12 +80,9 @@ class ObjectHallucinationMetric:
         self.vocab = ObjectVocabulary.from_categories(vocabulary)
 
     def score(self, responses: list[dict], references: dict[str, dict]) -> dict:
-        per_item, missing = [], []
-        for resp in responses:
-            ref = references.get(resp["id"])
-            if ref is None:
-                missing.append(resp["id"])
-                continue
+        matched, missing = match_references(responses, references)
+        per_item = []
+        for resp, ref in matched:
             per_item.append({"id": resp["id"], "text": resp.get("text", ""),
                              **score_item(resp.get("text", ""), ref.get("objects", []), self.vocab)})
         return {"benchmark": self.name, "metrics": aggregate(per_item), "per_item": per_item,

@@ -9,6 +9,7 @@ The top-level metrics are the mean over kinds, as `score_pope` reports the mean 
 
 from __future__ import annotations
 
+from halign.rewards.base import match_references
 from halign.rewards.pope import parse_pope_answer, pope_metrics
 
 KINDS = ("random", "popular", "adversarial")
@@ -63,12 +64,9 @@ class ToyPopeMetric:
     name = "toy_pope"
 
     def score(self, responses: list[dict], references: dict[str, dict]) -> dict:
-        per_item, missing = [], []
-        for resp in responses:
-            ref = references.get(resp["id"])
-            if ref is None:
-                missing.append(resp["id"])
-                continue
+        matched, missing = match_references(responses, references)
+        per_item = []
+        for resp, ref in matched:
             text = resp.get("text") or ""
             pred = parse_pope_answer(text)
             per_item.append({"id": resp["id"], "scene_id": ref.get("scene_id"), "kind": ref["kind"],

@@ -180,7 +180,21 @@ def prompt_problem(candidate: dict, prompts: dict[str, dict]) -> str | None:
 
 # ---------------------------------------------------------------------------------------------- judge
 
-class CaptionJudge:
+class EndpointJudge:
+    """What a judge with one template on one OpenAI-compatible endpoint reports: `self.client` (LLMClient),
+    `self.config` (ClientConfig), `self.template` and `self.name` are set by the subclass."""
+
+    @property
+    def stats(self):
+        return self.client.stats
+
+    def manifest_info(self) -> dict:
+        """What decides the verdicts, for manifest.json (no key; no key named like a credential)."""
+        return {"judge": self.name, "template": self.template.name, "template_sha256": self.template.sha256,
+                **self.config.describe()}
+
+
+class CaptionJudge(EndpointJudge):
     """Scores each candidate 0-10 for faithfulness to the prompt's detailed caption (higher = better)."""
 
     name = "caption"
@@ -209,15 +223,6 @@ class CaptionJudge:
         self.pairwise_template_name = pairwise_template
         self.progress = progress
         self.client = LLMClient(self.config, name=self.name)  # fails here, at start-up, without a key
-
-    @property
-    def stats(self):
-        return self.client.stats
-
-    def manifest_info(self) -> dict:
-        """What decides the verdicts, for manifest.json (no key; no key named like a credential)."""
-        return {"judge": self.name, "template": self.template.name, "template_sha256": self.template.sha256,
-                **self.config.describe()}
 
     def _material(self, template: Template, inputs: dict) -> dict:
         return self.config.key_material(self.name, template.sha256, inputs)
