@@ -5,10 +5,17 @@ tokenizer over the toy world's words, a chat template, and a supervised fine-tun
 *noisy* captions and yes/no questions. The result is saved in standard Hugging Face format, so every later
 stage loads it with `AutoModelForImageTextToText` / `AutoProcessor` like any hub checkpoint.
 
-Building is deterministic (seeded, single-threaded-safe) and cached under `$HALIGN_CACHE` (else
-`$XDG_CACHE_HOME/halign`, else `~/.cache/halign`), in a folder named by a hash of everything that shapes
-the weights. A checkpoint whose files no longer match the hashes recorded at build time is rebuilt,
-never trusted.
+The standard checkpoint (seed 0) is **shipped with the package** (`data_gen/shipped/`, 2.7 MB) with the
+hashes of its files and the command that built it, so every user's demo starts from the same weights. A
+seeded build is bit-identical on one machine, but 1,500 SFT steps in float32 amplify the last-bit
+differences between CPUs (vector width, BLAS kernels) into a different model: the same seed gave toy POPE
+0.981 on one machine and 0.948 on another. Shipping is the only way to the same starting point everywhere.
+Rebuild it with `halign toy-checkpoint --ship` (after changing the recipe below: bump BUILDER_VERSION).
+
+Other configurations (other seeds, the quick test checkpoint) are built on first use and cached under
+`$HALIGN_CACHE` (else `$XDG_CACHE_HOME/halign`, else `~/.cache/halign`), in a folder named by a hash of
+everything that shapes the weights. A checkpoint, shipped or cached, whose files no longer match the hashes
+recorded at build time is never trusted: a cached one is rebuilt, a shipped one is rebuilt in the cache.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +36,8 @@ from halign.data_gen.io import file_sha256, stable_hash, write_json
 
 BUILDER_VERSION = 1  # bump when the recipe below changes: old cache entries are then ignored
 BUILD_RECORD = "halign_build.json"
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"  # checkpoints that come with the package
+SHIP_COMMAND = "halign toy-checkpoint --ship"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "USER:", "ASSISTANT:"]
 # Prefix-consistent template: the prompt rendered with add_generation_prompt is an exact prefix of the
 # full conversation, which is what trl's DPO collator and our samplers rely on.
@@ -276,16 +286,48 @@ def build_checkpoint(cfg: ToyCheckpointConfig, out_dir: Path, progress: bool = T
         "config": asdict(cfg), "key": cfg.key(), "builder_version": BUILDER_VERSION,
         "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])), "build_seconds": round(time.time() - start, 1),
         "parameters": sum(p.numel() for p in model.parameters()), "files": _file_hashes(tmp),
+        # Where the weights came from: the same seed on another CPU gives other weights (module docstring).
+        "built_on": {"machine": platform.machine(), "processor": _cpu_name(), "python": platform.python_version(),
+                     "torch": torch.__version__, "transformers": _version("transformers")},
+        "command": SHIP_COMMAND if out_dir.parent == SHIPPED_DIR else "halign toy-checkpoint",
     })
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def shipped_checkpoint(cfg: ToyCheckpointConfig) -> Path:
+    """Where the package keeps its copy of this configuration's checkpoint (present for the standard one)."""
+    return SHIPPED_DIR / f"toy-llava-{cfg.key()}"
+
+
 def get_toy_checkpoint(cfg: ToyCheckpointConfig | None = None, cache_dir: str | Path | None = None,
                        progress: bool = True, log=print) -> Path:
-    """Path of the cached tiny checkpoint, building it (or rebuilding a corrupted one) when needed."""
+    """Path of the tiny checkpoint: the shipped copy when the package has one for `cfg` and it is intact,
+    else the cached build, building it (or rebuilding a corrupted one) when needed."""
     cfg = cfg or ToyCheckpointConfig()
+    shipped = shipped_checkpoint(cfg)
+    if shipped.exists():
+        problem = verify_checkpoint(shipped)
+        if problem is None:
+            return shipped
+        log(f"the shipped toy checkpoint at {shipped} cannot be trusted ({problem}); building one in the cache")
     root = Path(cache_dir) if cache_dir else cache_root()
     folder = root / f"toy-llava-{cfg.key()}"
     if folder.exists():
@@ -301,10 +343,26 @@ def get_toy_checkpoint(cfg: ToyCheckpointConfig | None = None, cache_dir: str | 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="cache folder (default: $HALIGN_CACHE or ~/.cache/halign)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cached copy exists")
+    parser.add_argument("--ship", action="store_true",
+                        help="maintainers: rebuild the standard checkpoint into the package (data_gen/shipped/), "
+                             "replacing the shipped one")
+
+
+def ship(cfg: ToyCheckpointConfig, progress: bool = True, log=print) -> Path:
+    """Build `cfg` from scratch into the package's shipped folder; older shipped builds are removed."""
+    SHIPPED_DIR.mkdir(exist_ok=True)
+    folder = build_checkpoint(cfg, shipped_checkpoint(cfg), progress=progress, log=log)
+    for old in SHIPPED_DIR.glob("toy-llava-*"):
+        if old != folder:
+            shutil.rmtree(old)
+    return folder
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = ToyCheckpointConfig()
+    if args.ship:
+        print(ship(cfg))
+        return 0
     if args.rebuild:
         root = Path(args.cache_dir) if args.cache_dir else cache_root()
         shutil.rmtree(root / f"toy-llava-{cfg.key()}", ignore_errors=True)

@@ -250,6 +250,11 @@ def signature(scene: Scene) -> str:
     return ";".join(f"{o.shape},{o.color},{o.cx},{o.cy},{o.size}" for o in scene.objects)
 
 
+def record_signature(record: dict) -> str:
+    """`signature` of the scene behind a prompt record (from its `ground_truth`)."""
+    return ";".join(f"{o['shape']},{o['color']},{o['cx']},{o['cy']},{o['size']}" for o in record["ground_truth"])
+
+
 # --- drawing ---------------------------------------------------------------------------------------
 
 def _polygon(shape: str, cx: float, cy: float, s: float) -> list[tuple[float, float]]:

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pairs": ("halign.data_gen.pairs", "build preference pairs from judgments"),
     "gen-pairs": ("halign.data_gen.gen_pairs", "sample + judge + pairs in one go"),
     "train": ("halign.align.dpo", "DPO training on preference pairs (LoRA or full)"),
-    "rlaif": ("halign.align.rlaif", "iterative RLAIF: sample, judge, pair, train, evaluate for R rounds"),
+    "rlaif": ("halign.recipes.rlaif", "iterative RLAIF: R rounds of sample, judge, pair, train; keeps the best round"),
     "export": ("halign.align.export", "merge LoRA adapters into a standalone checkpoint"),
     "eval": ("halign.recipes.evaluate", "generate with a checkpoint, then score a hallucination benchmark"),
     "score": ("halign.rewards.score_cli", "score existing responses: chair, pope, amber, mmhal"),

@@ -1,21 +1,22 @@
 """`halign demo`: the whole mission on the toy world, on a CPU, with nothing downloaded.
 
-toy world -> tiny checkpoint (built once, cached) -> scores before -> K sampled candidates per prompt ->
-offline grounding judge -> preference pairs -> DPO with LoRA through trl -> scores after ->
-table, JSON report and PNG plot. Every stage writes its own files and manifest under the run folder,
-through the same functions the stage CLIs use.
+toy world -> tiny checkpoint (shipped with the package) -> R rounds of on-policy RLAIF (sample K candidates,
+offline grounding judge, preference pairs, DPO with LoRA, merge), each round scored on a validation split ->
+the gate keeps the best round -> the model before alignment and the kept round scored on held-out test
+scenes (captions: CHAIR / recall; yes/no questions: POPE) -> table, JSON report and PNG plot.
+
+The demo is `halign rlaif` (recipes/rlaif.py) with the toy world's settings: one engine, one folder layout
+(`RUN/round{r}/<stage>/`), every stage through the same functions the stage CLIs use.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from halign.align.rlaif import TOY_QA_FRACTION
-from halign.data_gen.io import ensure_writable_dir, read_records, write_json, write_jsonl, write_manifest
+from halign.data_gen.io import ensure_writable_dir, write_json
+from halign.recipes.rlaif import TOY_QA_FRACTION
 
 METRICS = ("chair_s", "chair_i", "recall", "mean_len", "n")
 POPE_METRICS = ("accuracy", "f1", "yes_ratio")
@@ -26,7 +27,8 @@ QUICK_CHECKPOINT = {"sft_scenes": 120, "sft_steps": 40, "batch_size": 16}
 @dataclass
 class DemoConfig:
     out: str = "halign_runs/demo"
-    eval_scenes: int = 300
+    eval_scenes: int = 300  # test scenes: scored before alignment and for the kept round only
+    val_scenes: int = 200  # validation scenes: scored every round, what the gate chooses on
     dpo_scenes: int = 600
     k: int = 8
     temperature: float = 1.0
@@ -44,163 +46,71 @@ class DemoConfig:
     rounds: int = 3  # alignment rounds; after the first, each samples fresh scenes with the current policy
     # Fraction of each round's training scenes asked a yes/no existence question instead of "Describe the
     # image." (the grounding judge scores the answer against the scene's objects): keeps the short-answer
-    # skill that POPE measures from drifting while the captions are aligned (see align/rlaif.py).
+    # skill that POPE measures from drifting while the captions are aligned (see recipes/rlaif.py).
     qa_fraction: float = TOY_QA_FRACTION
+    gate: dict = field(default_factory=dict)  # GateRule overrides (recipes/round_gate.py)
     seed: int = 0
 
     @classmethod
     def quick(cls, out: str) -> "DemoConfig":
         """A reduced run for tests and smoke checks: minutes become seconds, numbers mean little."""
-        return cls(out=out, eval_scenes=24, dpo_scenes=32, k=4, checkpoint=dict(QUICK_CHECKPOINT), rounds=2,
-                   dpo={"beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 8,
-                        "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]})
+        return cls(out=out, eval_scenes=24, val_scenes=24, dpo_scenes=32, k=4, checkpoint=dict(QUICK_CHECKPOINT),
+                   rounds=2, dpo={"beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 1,
+                                  "per_device_train_batch_size": 8, "loss_type": ["sigmoid", "sft"],
+                                  "loss_weights": [1.0, 1.0]})
+
+    def rlaif_config(self):
+        from halign.recipes.rlaif import RlaifConfig
+
+        return RlaifConfig(
+            model="toy", toy_checkpoint=dict(self.checkpoint), out=self.out, rounds=self.rounds,
+            prompts_per_round=self.dpo_scenes, qa_fraction=self.qa_fraction, eval_n=self.eval_scenes,
+            val_n=self.val_scenes, gate=dict(self.gate), sample={"k": self.k, "temperature": self.temperature},
+            judge="grounding", judge_options={"vocabulary": "toy", "hallucination_weight": self.hallucination_weight},
+            pairs={"strategy": self.pair_strategy, "min_gap": self.min_gap, "sample_num": self.sample_num},
+            dpo=dict(self.dpo), seed=self.seed)
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
-    from halign.align.dpo import TrainConfig, train
-    from halign.align.model import load_policy
-    from halign.data_gen import toy_world
-    from halign.data_gen.pairs import PairsConfig
-    from halign.data_gen.pairs import run as build_pairs
-    from halign.data_gen.sample import SampleConfig
-    from halign.data_gen.sample import run as sample
-    from halign.data_gen.toy_checkpoint import ToyCheckpointConfig, get_toy_checkpoint
-    from halign.recipes.evaluate import evaluate, pope_metric, toy_metric
-    from halign.rewards.toy_pope import pope_prompts
-    from halign.rewards.judges.cli import run_judge
+    """Run the demo; returns (and writes to RUN/demo_report.json) the report: test scores before alignment and
+    for the round the gate kept, validation scores per round, the gate's decision."""
+    from halign.recipes.rlaif import run_rlaif
 
-    started = time.time()
-    run_dir = ensure_writable_dir(cfg.out)
-    world = toy_world.ToyWorldConfig(seed=cfg.seed)
-    ckpt_cfg = ToyCheckpointConfig(world=world, seed=cfg.seed, **cfg.checkpoint)
-    timings: dict[str, float] = {}
-
-    def lap(name: str, t0: float) -> None:
-        timings[name] = round(time.time() - t0, 2)
-
-    t0 = time.time()
-    checkpoint = get_toy_checkpoint(ckpt_cfg, progress=progress, log=log)
-    lap("checkpoint", t0)
-
-    t0 = time.time()
-    dpo_prompts = toy_world.write_prompts(world, "dpo", cfg.dpo_scenes, run_dir / "world",
-                                          qa_fraction=cfg.qa_fraction)
-    # Held out for real: no evaluation image repeats a drawing seen in SFT or DPO.
-    seen = toy_world.signatures(world, "sft", ckpt_cfg.sft_scenes)
-    seen |= toy_world.signatures(world, "dpo", cfg.dpo_scenes * cfg.rounds)
-    eval_prompts = toy_world.write_prompts(world, "eval", cfg.eval_scenes, run_dir / "world", exclude=seen)
-    write_jsonl(run_dir / "world" / "eval_prompts.jsonl", eval_prompts)
-    write_jsonl(run_dir / "world" / "dpo_prompts.jsonl", dpo_prompts)
-    lap("world", t0)
-
-    metric = toy_metric()
-    t0 = time.time()
-    model, processor = load_policy(checkpoint)
-    before = evaluate(model, processor, eval_prompts, metric, str(checkpoint), progress=progress,
-                      desc="scoring before")
-    write_json(run_dir / "report_before.json", before)
-    # A second metric, on scenes no judge ever scores (DESIGN: judges never see their evaluator): yes/no
-    # existence questions, random / popular / adversarial negatives. With qa_fraction > 0 the judge scores
-    # the same kind of question, but only on training scenes.
-    pope_items = pope_prompts(eval_prompts)
-    pope_before = evaluate(model, processor, pope_items, pope_metric(), str(checkpoint), max_new_tokens=4,
-                           progress=progress, desc="POPE before")
-    write_json(run_dir / "pope_before.json", pope_before)
-    lap("eval_before", t0)
-
-    t0 = time.time()
-    sample_cfg = SampleConfig(model=str(checkpoint), k=cfg.k, temperature=cfg.temperature, seed=cfg.seed)
-    candidates_path = sample(sample_cfg, run_dir / "world" / "dpo_prompts.jsonl", run_dir / "sample",
-                             model=model, processor=processor, progress=progress)
-    lap("sample", t0)
-
-    t0 = time.time()
-    judge_options = {"vocabulary": "toy", "hallucination_weight": cfg.hallucination_weight}
-    judgments_path, _, _ = run_judge("grounding", candidates_path, run_dir / "judge" / "judgments.jsonl",
-                                     options=judge_options, progress=progress)
-    lap("judge", t0)
-
-    t0 = time.time()
-    pairs_cfg = PairsConfig(strategy=cfg.pair_strategy, min_gap=cfg.min_gap, sample_num=cfg.sample_num,
-                            seed=cfg.seed)
-    pairs_dir = build_pairs(pairs_cfg, judgments_path, candidates_path, run_dir / "sample" / "prompts.jsonl",
-                            run_dir / "pairs")
-    pair_summary = json.loads((run_dir / "pairs" / "summary.json").read_text())
-    lap("pairs", t0)
-
-    t0 = time.time()
-    del model
-    train_cfg = TrainConfig(model=str(checkpoint), pairs=str(pairs_dir), output_dir=str(run_dir / "train"),
-                            dpo={**cfg.dpo, "seed": cfg.seed})
-    trained = train(train_cfg, progress=progress)
-    lap("train", t0)
-
-    history = [{"round": 0, **{k: before["metrics"][k] for k in METRICS}}]
-    if cfg.rounds > 1:
-        # Further on-policy rounds (iterative RLAIF): fresh scenes, sampled by the current policy.
-        t0 = time.time()
-        trained = more_rounds(cfg, trained, judge_options, run_dir, eval_prompts, metric, history, progress, log)
-        lap("more_rounds", t0)
-
-    t0 = time.time()
-    model, processor = load_policy(trained)
-    after = evaluate(model, processor, eval_prompts, metric, str(trained), progress=progress, desc="scoring after")
-    write_json(run_dir / "report_after.json", after)
-    pope_after = evaluate(model, processor, pope_items, pope_metric(), str(trained), max_new_tokens=4,
-                          progress=progress, desc="POPE after")
-    write_json(run_dir / "pope_after.json", pope_after)
-    lap("eval_after", t0)
-
+    rlaif_cfg = cfg.rlaif_config()
+    summary = run_rlaif(rlaif_cfg, progress=progress, log=log)
+    test = summary["test"]
     report = {
-        "before": {k: before["metrics"][k] for k in METRICS},
-        "after": {k: after["metrics"][k] for k in METRICS},
-        "pope": {"before": {k: pope_before["metrics"][k] for k in POPE_METRICS},
-                 "after": {k: pope_after["metrics"][k] for k in POPE_METRICS}},
-        "rounds": history + [{"round": cfg.rounds, **{k: after["metrics"][k] for k in METRICS}}],
-        "pairs": pair_summary["pairs"],
-        "pair_summary": pair_summary,
-        "judge": {"judge": "grounding", **judge_options},
-        "checkpoint": str(checkpoint),
-        "trained": str(trained),
-        "wall_seconds": round(time.time() - started, 1),
-        "stage_seconds": timings,
+        "before": {k: test["before"][k] for k in METRICS},
+        "after": {k: test["after"][k] for k in METRICS},
+        "pope": {side: {k: test[side][f"pope_{k}"] for k in POPE_METRICS} for side in ("before", "after")},
+        "rounds": summary["rounds"],  # validation scores; round 0 = before alignment
+        "gate": summary["gate"],
+        "kept_round": summary["gate"]["chosen_round"],
+        "pairs": sum(r.get("pairs", 0) for r in summary["rounds"]),
+        "pairs_per_round": [r["pairs"] for r in summary["rounds"][1:]],
+        "judge": {"judge": "grounding", **rlaif_cfg.judge_options},
+        "checkpoint": summary["rounds"][0]["policy"],
+        "trained": summary["final_policy"],
+        "test_n": summary["test_n"],
+        "validation_n": summary["validation_n"],
+        "wall_seconds": summary["wall_seconds"],
+        "round_seconds": [r["seconds"] for r in summary["rounds"][1:]],
         "config": asdict(cfg),
     }
-    write_json(run_dir / "demo_report.json", report)
+    from halign.recipes.html_runs import write_demo_html
+
+    report["html"] = str(write_demo_html(cfg.out, report))  # RUN/report.html: before vs kept round, per item
+    write_json(Path(cfg.out) / "demo_report.json", report)
     return report
-
-
-def more_rounds(cfg: DemoConfig, trained, judge_options: dict, run_dir: Path, eval_prompts: list[dict], metric,
-                history: list[dict], progress: bool, log) -> str:
-    """Rounds 2..R through the RLAIF loop's own round function; returns the final policy checkpoint."""
-    from halign.align.export import merge_adapter
-    from halign.align.model import load_policy
-    from halign.align.rlaif import RlaifConfig, run_round
-    from halign.recipes.evaluate import evaluate
-
-    rlaif_cfg = RlaifConfig(
-        model=str(trained), out=str(run_dir), rounds=cfg.rounds, prompts_per_round=cfg.dpo_scenes,
-        qa_fraction=cfg.qa_fraction,
-        sample={"k": cfg.k, "temperature": cfg.temperature}, judge="grounding", judge_options=dict(judge_options),
-        pairs={"strategy": cfg.pair_strategy, "min_gap": cfg.min_gap, "sample_num": cfg.sample_num},
-        dpo=dict(cfg.dpo), seed=cfg.seed)
-    policy = str(merge_adapter(trained, run_dir / "round1_policy"))
-    for r in range(1, cfg.rounds):
-        model, processor = load_policy(policy)
-        scored = evaluate(model, processor, eval_prompts, metric, policy, progress=progress,
-                          desc=f"scoring round {r}")
-        history.append({"round": r, **{k: scored["metrics"][k] for k in METRICS}})
-        log(f"round {r}: CHAIR_s {scored['metrics']['chair_s']:.3f}  CHAIR_i {scored['metrics']['chair_i']:.3f}  "
-            f"recall {scored['metrics']['recall']:.3f}; round {r + 1}/{cfg.rounds} next")
-        policy = run_round(rlaif_cfg, r, policy, ensure_writable_dir(run_dir / f"round{r + 1}"), progress)
-    return policy
 
 
 def print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="halign demo: toy world, held-out scenes")
+    kept = report["kept_round"]
+    table = Table(title=f"halign demo: toy world, {report['test_n']} held-out test scenes "
+                        f"(before alignment vs round {kept}, kept by the gate)")
     for col in ("metric", "before", "after", "change"):
         table.add_column(col, justify="right" if col != "metric" else "left")
     for key in METRICS:
@@ -213,36 +123,42 @@ def print_table(report: dict) -> None:
         table.add_row(f"POPE {key}", f"{b:.3f}", f"{a:.3f}", f"{a / b:.2f}x" if b else "")
     console = Console()
     console.print(table)
-    console.print(f"pairs: {report['pairs']}  judge: {report['judge']['judge']}  "
+    console.print(f"gate: {report['gate']['reason']} ({report['gate']['rule']})")
+    console.print(f"pairs per round: {report['pairs_per_round']}  judge: {report['judge']['judge']}  "
                   f"wall time: {report['wall_seconds']:.0f} s")
 
 
+# Test-split bars: (label, key in report["before"|"after"]) and (label, key in report["pope"]["before"|"after"]).
+BARS = (("CHAIR_s", "chair_s"), ("CHAIR_i", "chair_i"), ("recall", "recall"))
+POPE_BARS = (("POPE acc.", "accuracy"), ("POPE yes-ratio", "yes_ratio"))
+
+
 def plot(report: dict, path: Path) -> Path:
+    """Left: test scores before alignment and for the kept round (CHAIR, recall, POPE accuracy and yes-ratio).
+    Right: validation scores per round, the kept round marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from halign.align.rlaif import draw_rounds
+    from halign.recipes.rlaif import draw_rounds
 
-    keys = ["chair_s", "chair_i", "recall"]
-    rounds = report.get("rounds", [])
-    fig, axes = plt.subplots(1, 2 if len(rounds) > 2 else 1, figsize=(11 if len(rounds) > 2 else 6, 3.8),
-                             squeeze=False)
-    ax = axes[0][0]
-    xs = range(len(keys))
-    after_label = f"after {len(rounds) - 1} rounds" if len(rounds) > 2 else "after DPO"
-    ax.bar([x - 0.2 for x in xs], [report["before"][k] for k in keys], width=0.4, label="before")
-    ax.bar([x + 0.2 for x in xs], [report["after"][k] for k in keys], width=0.4, label=after_label)
-    ax.set_xticks(list(xs), ["CHAIR_s", "CHAIR_i", "recall"])
+    labels = [label for label, _ in BARS] + [label for label, _ in POPE_BARS]
+    values = {side: [report[side][k] for _, k in BARS] + [report["pope"][side][k] for _, k in POPE_BARS]
+              for side in ("before", "after")}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    ax, xs = axes[0], range(len(labels))
+    kept = report["kept_round"]
+    for offset, side, label in ((-0.2, "before", "before alignment"), (0.2, "after", f"round {kept} (kept)")):
+        ax.bar([x + offset for x in xs], values[side], width=0.4, label=label)
+        for x, v in zip(xs, values[side]):
+            ax.text(x + offset, v + 0.02, f"{v:.2f}", ha="center", fontsize=7)
+    ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_ylim(0, 1.15)
-    ax.set_title(f"toy world, {report['before']['n']} held-out scenes")
-    ax.legend(loc="upper left")
-    for x, k in zip(xs, keys):
-        ax.text(x - 0.2, report["before"][k] + 0.02, f"{report['before'][k]:.2f}", ha="center", fontsize=8)
-        ax.text(x + 0.2, report["after"][k] + 0.02, f"{report['after'][k]:.2f}", ha="center", fontsize=8)
-    if len(rounds) > 2:
-        draw_rounds(axes[0][1], rounds)
+    ax.set_title(f"toy world, {report['test_n']} held-out test scenes")
+    ax.legend(loc="upper left", fontsize=8)
+    draw_rounds(axes[1], report["rounds"], chosen=kept,
+                title=f"validation ({report['validation_n']} other scenes) per round")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -258,7 +174,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qa-fraction", type=float, default=None,
                         help=f"fraction of each round's prompts that are yes/no existence questions "
                              f"(default {TOY_QA_FRACTION}; 0 = captions only)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the world, the checkpoint (seed 0 is shipped; "
+                                                             "others are built once, ~3 min) and the alignment")
     parser.add_argument("--no-progress", action="store_true")
 
 

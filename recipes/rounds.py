@@ -31,7 +31,7 @@ def round_dirs(cfg: dict, run_dir: Path) -> list[Path]:
 
 def round_config(cfg: dict, r: int) -> dict:
     """The recipe config that round r (1-based) executes; round 1's is the recipe's own."""
-    from halign.align.rlaif import round_slice
+    from halign.recipes.rlaif import round_slice
 
     out, i = copy.deepcopy(cfg), r - 1
     src = out["source"]
@@ -66,7 +66,7 @@ def merge_policy(cfg: dict, round_dir: Path) -> Path:
 def summarize(cfg: dict, run_dir: Path) -> dict:
     """`rounds.json` (each round's policy, report and metrics; the base model's before round 1) and
     `rounds.png` (hallucination against the round) in the run folder."""
-    from halign.align.rlaif import plot_rounds
+    from halign.recipes.rlaif import plot_rounds
 
     dirs, ev = round_dirs(cfg, run_dir), cfg["eval"]
     rounds = []

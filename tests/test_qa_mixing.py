@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from halign.align.rlaif import TOY_QA_FRACTION, RlaifConfig, _round_prompts
+from halign.recipes.rlaif import TOY_QA_FRACTION, RlaifConfig, _round_prompts
 from halign.data_gen import toy_world
 from halign.data_gen.pairs import PairsConfig, build_pairs
 from halign.recipes import config as recipe_config

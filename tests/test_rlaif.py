@@ -4,12 +4,12 @@ import json
 
 import torch
 
-from halign.align.rlaif import RlaifConfig, run_rlaif
+from halign.recipes.rlaif import RlaifConfig, run_rlaif
 
 
 def tiny_cfg(out, model):
     return RlaifConfig(
-        model=str(model), out=str(out), rounds=2, prompts_per_round=12, eval_n=10,
+        model=str(model), out=str(out), rounds=2, prompts_per_round=12, eval_n=10, val_n=8,
         sample={"k": 3, "temperature": 1.0, "max_new_tokens": 24},
         pairs={"strategy": "gap", "min_gap": 0.5, "sample_num": 2, "keep_coverage": False},
         dpo={"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 4},
@@ -21,14 +21,19 @@ def test_two_rounds_then_resume_does_nothing(tmp_path, tiny_checkpoint):
     summary = run_rlaif(tiny_cfg(tmp_path / "r", tiny_checkpoint), progress=False, log=logs.append)
     rounds = summary["rounds"]
     assert [h["round"] for h in rounds] == [0, 1, 2]
-    for h in rounds:
-        assert {"chair_s", "chair_i", "recall", "n"} <= set(h) and h["n"] == 10
+    for h in rounds:  # validation scores: captions and the scenes' yes/no questions
+        assert {"chair_s", "chair_i", "recall", "n", "pope_accuracy", "pope_yes_ratio"} <= set(h) and h["n"] == 8
     # Round 2 trained from round 1's merged policy, which is a standalone checkpoint.
     policy1 = rounds[1]["policy"]
     assert policy1.endswith("round1/policy")
     train2 = json.loads((tmp_path / "r" / "round2" / "train" / "manifest.json").read_text())
     assert train2["config"]["model"] == policy1
     assert (tmp_path / "r" / "rlaif.png").exists()
+    # The gate kept one round, by its rule; the test split scored only the start and that round.
+    kept = summary["gate"]["chosen_round"]
+    assert summary["final_policy"] == rounds[kept]["policy"] and summary["last_policy"] == rounds[2]["policy"]
+    assert summary["test"]["before"]["n"] == summary["test"]["after"]["n"] == 10
+    assert sorted(p.name for p in (tmp_path / "r" / "test").iterdir()) == sorted({"round0", f"round{kept}"})
 
     # Round 1's prompts differ from round 2's (fresh prompts each round).
     p1 = (tmp_path / "r" / "round1" / "prompts.jsonl").read_text()
@@ -38,7 +43,8 @@ def test_two_rounds_then_resume_does_nothing(tmp_path, tiny_checkpoint):
     logs.clear()
     again = run_rlaif(tiny_cfg(tmp_path / "r", tiny_checkpoint), progress=False, log=logs.append)
     assert sum("already finished" in m for m in logs) == 2
-    assert again["final_policy"] == summary["final_policy"]
+    assert again["final_policy"] == summary["final_policy"] and again["rounds"] == rounds
+    assert again["test"] == summary["test"]
 
 
 def test_merged_export_loads_with_auto_classes_and_differs_from_base(tmp_path, tiny_checkpoint):

@@ -64,3 +64,37 @@ def test_build_is_deterministic(tmp_path, tiny_ckpt_config):
     a = get_toy_checkpoint(cfg, cache_dir=tmp_path / "a", progress=False, log=lambda *_: None)
     b = get_toy_checkpoint(cfg, cache_dir=tmp_path / "b", progress=False, log=lambda *_: None)
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+
+
+def test_the_standard_checkpoint_ships_with_the_package_and_is_used_as_is():
+    from halign.data_gen.toy_checkpoint import SHIP_COMMAND, ToyCheckpointConfig, shipped_checkpoint
+
+    cfg = ToyCheckpointConfig()
+    shipped = shipped_checkpoint(cfg)
+    # A change to the build recipe changes the key: then the shipped copy must be rebuilt (`halign toy-checkpoint
+    # --ship`), or every user would build their own, different, starting point.
+    assert shipped.is_dir(), f"no shipped checkpoint for the current recipe; run `{SHIP_COMMAND}`"
+    assert verify_checkpoint(shipped) is None
+    record = json.loads((shipped / "halign_build.json").read_text())
+    assert record["key"] == cfg.key() and record["command"] == SHIP_COMMAND and record["built_on"]["torch"]
+    assert sum(p.stat().st_size for p in shipped.iterdir()) < 4_000_000
+    assert get_toy_checkpoint(cfg, progress=False, log=lambda *_: None) == shipped
+
+
+def test_a_tampered_shipped_checkpoint_is_not_trusted(tmp_path, monkeypatch, tiny_checkpoint, tiny_ckpt_config,
+                                                      halign_cache):
+    import shutil
+
+    from halign.data_gen import toy_checkpoint
+
+    shipped_root = tmp_path / "shipped"
+    monkeypatch.setattr(toy_checkpoint, "SHIPPED_DIR", shipped_root)
+    shipped = toy_checkpoint.shipped_checkpoint(tiny_ckpt_config)
+    shutil.copytree(tiny_checkpoint, shipped)
+    assert get_toy_checkpoint(tiny_ckpt_config, progress=False, log=lambda *_: None) == shipped
+    weights = shipped / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10] + b"\1" * 10)
+    messages = []
+    path = get_toy_checkpoint(tiny_ckpt_config, progress=False, log=messages.append)
+    assert path == tiny_checkpoint and verify_checkpoint(path) is None  # the cache's copy, not the tampered one
+    assert any("shipped toy checkpoint" in m and "cannot be trusted" in m for m in messages)
