@@ -5,7 +5,8 @@ Reads evaluation reports (model, benchmark, n, metrics, settings, per_item), and
                bootstrap 95% interval of the change, and a paired permutation p-value (see recipes/stats.py),
                then a per-item summary: hallucinated objects that disappeared / appeared, coverage lost;
   compare.png  a bar chart per metric (and a line across reports when there are more than two, e.g. rounds);
-  diff.jsonl   one record per item whose answer or object lists changed, against the first report.
+  diff.jsonl   one record per item whose answer or object lists changed, against the first report;
+  --html PATH  one self-contained HTML page: the table, the plots and a per-item browser (html_report.py).
 Reports scored on different item sets, benchmarks or metric settings are not comparable: refused unless
 --force (then statistics use the items all reports share, and the table says so).
 """
@@ -21,6 +22,8 @@ from halign.data_gen.io import ensure_writable_dir, write_jsonl
 from halign.recipes import stats
 
 SHOWN = ("chair_s", "chair_i", "recall", "mean_len")
+POPE_SHOWN = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+POPE_BENCHMARKS = {"pope", "toy_pope"}
 LOWER_IS_BETTER = {"chair_s", "chair_i"}
 
 
@@ -39,11 +42,20 @@ def load_report(path: str | Path) -> dict:
 
 
 def labels_for(paths: list[Path]) -> list[str]:
-    """File stems, or parent/stem when stems collide (run1/report.json vs run2/report.json)."""
-    stems = [p.stem for p in paths]
-    if len(set(stems)) == len(stems):
-        return stems
-    return [f"{p.parent.name}/{p.stem}" for p in paths]
+    """File stems, or the shortest path tails that tell the reports apart when stems collide
+    (run1/report.json vs run2/report.json; round_1/eval/report_after.json vs round_2/eval/report_after.json)."""
+    parts = [p.with_suffix("").parts for p in paths]
+    for depth in range(1, max(len(x) for x in parts) + 1):
+        labels = ["/".join(x[-depth:]) for x in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]
+
+
+def shown_metrics(report: dict) -> list[str]:
+    """The metrics a comparison table and plot show: the object-hallucination ones, or POPE's."""
+    names = POPE_SHOWN if report["benchmark"] in POPE_BENCHMARKS else SHOWN
+    return [m for m in names if m in report["metrics"]] or list(report["metrics"])
 
 
 def check_comparable(reports: list[dict], labels: list[str], force: bool) -> list[str]:
@@ -82,7 +94,7 @@ def compare_reports(reports: list[dict], labels: list[str], n_boot: int = 2000, 
         matrices = None  # per-item records without object counts: report values only, no intervals
     rows = []
     for j in range(1, len(reports)):
-        for metric in [m for m in SHOWN if m in reports[0]["metrics"]] or list(reports[0]["metrics"]):
+        for metric in shown_metrics(reports[0]):
             row = {"report": labels[j], "metric": metric, "a": reports[0]["metrics"].get(metric),
                    "b": reports[j]["metrics"].get(metric)}
             if matrices is not None and metric in stats.METRICS and ids:
@@ -163,7 +175,8 @@ def plot(reports: list[dict], labels: list[str], result: dict, path: Path) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in SHOWN if all(isinstance(r["metrics"].get(m), (int, float)) for r in reports)]
+    metrics = [m for m in shown_metrics(reports[0])
+               if all(isinstance(r["metrics"].get(m), (int, float)) for r in reports)]
     if not metrics:
         raise ValueError("no numeric metric shared by all reports to plot")
     rows = {(r["report"], r["metric"]): r for r in result["rows"]}
@@ -212,13 +225,21 @@ def plot(reports: list[dict], labels: list[str], result: dict, path: Path) -> Pa
 
 
 def run_compare(paths: list[str | Path], out: str | Path, force: bool = False, n_boot: int = 2000,
-                seed: int = 0) -> dict:
-    """Python API: writes compare.md, compare.png and diff.jsonl under `out`; returns the result."""
+                seed: int = 0, html: str | Path | None = None, pope: list[str | Path] | None = None,
+                judgments: str | Path | None = None, candidates: str | Path | None = None,
+                html_images: str = "embed", extra_plots: list[tuple[str, bytes]] = (),
+                labels: list[str] | None = None) -> dict:
+    """Python API: writes compare.md, compare.png and diff.jsonl under `out`; returns the result.
+
+    With `html`, also the self-contained HTML page (recipes/html_report.py) there: `pope` reports add the
+    POPE panel (same models, same order), `judgments` (+ the sampler's `candidates`) the judge panel."""
     if len(paths) < 2:
         raise ValueError("compare needs at least two reports")
     paths = [Path(p) for p in paths]
     reports = [load_report(p) for p in paths]
-    labels = labels_for(paths)
+    labels = labels or labels_for(paths)
+    if len(labels) != len(paths) or len(set(labels)) != len(labels):
+        raise ValueError(f"labels must name each report once, got {labels} for {len(paths)} reports")
     warnings = check_comparable(reports, labels, force)
     out = ensure_writable_dir(out)
     result = compare_reports(reports, labels, n_boot, seed)
@@ -227,7 +248,13 @@ def run_compare(paths: list[str | Path], out: str | Path, force: bool = False, n
     (out / "compare.md").write_text(text)
     write_jsonl(out / "diff.jsonl", diffs)
     plot(reports, labels, result, out / "compare.png")
-    return {**result, "markdown": text, "warnings": warnings, "out": str(out)}
+    if html:
+        from halign.recipes.html_report import write_compare_html
+
+        write_compare_html(html, paths, reports, labels, result, diffs, warnings, out / "compare.png",
+                           pope=pope, judgments=judgments, candidates=candidates, image_mode=html_images,
+                           extra_plots=extra_plots)
+    return {**result, "markdown": text, "warnings": warnings, "out": str(out), "html": str(html) if html else None}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -237,12 +264,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compare reports scored on different items, benchmarks or settings")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples / random permutations")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--html", help="also write a self-contained HTML report (item browser, filters) here")
+    parser.add_argument("--pope", nargs="+", metavar="REPORT",
+                        help="--html: POPE reports of the same models, in the same order (adds a POPE panel)")
+    parser.add_argument("--judgments", help="--html: judgments.jsonl to show (judge panel)")
+    parser.add_argument("--candidates", help="--html: the candidates.jsonl the judgments score (answer texts)")
+    parser.add_argument("--html-images", choices=["embed", "link", "none"], default="embed",
+                        help="--html: thumbnails embedded in the file (default), linked relative to it, or none")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.bootstrap < 100:
         raise ValueError("--bootstrap must be >= 100 for a usable 95% interval")
-    result = run_compare(args.reports, args.out, args.force, args.bootstrap, args.seed)
+    if not args.html and (args.pope or args.judgments or args.candidates):
+        raise ValueError("--pope, --judgments and --candidates go into the HTML report: add --html PATH")
+    result = run_compare(args.reports, args.out, args.force, args.bootstrap, args.seed, html=args.html,
+                         pope=args.pope, judgments=args.judgments, candidates=args.candidates,
+                         html_images=args.html_images)
     print(result["markdown"])
-    print(f"wrote {Path(result['out']) / 'compare.md'}, compare.png, diff.jsonl")
+    print(f"wrote {Path(result['out']) / 'compare.md'}, compare.png, diff.jsonl"
+          + (f", {result['html']}" if result["html"] else ""))
     return 0

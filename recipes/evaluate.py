@@ -25,6 +25,11 @@ def evaluate(model, processor, prompts: list[dict], metric, model_name: str, max
                            batch_size=batch_size, desc=desc, progress=progress)
     responses = [{"id": p["id"], "text": t[0]} for p, t in zip(prompts, texts)]
     scored = metric.score(responses, {p["id"]: p for p in prompts})
+    by_id = {str(p["id"]): p for p in prompts}
+    for item in scored["per_item"]:  # what the HTML report shows next to each answer
+        prompt = by_id.get(str(item.get("id")), {})
+        item.setdefault("image", (prompt.get("images") or [None])[0])
+        item.setdefault("question", prompt.get("question"))
     return {
         "model": model_name,
         "benchmark": scored["benchmark"],

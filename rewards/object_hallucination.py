@@ -38,17 +38,24 @@ class ObjectVocabulary:
 
     def mentions(self, text: str) -> list[str]:
         """Categories mentioned in `text`, in order, with repetition."""
+        return [category for _, category in self.mention_words(text)]
+
+    def mention_words(self, text: str) -> list[tuple[str, str]]:
+        """(word as written, lowercased; its category) for each mention in `text`, in order."""
         lookup = self.word_to_category
-        return [lookup[w] for w in WORD_RE.findall(text.lower()) if w in lookup]
+        return [(w, lookup[w]) for w in WORD_RE.findall(text.lower()) if w in lookup]
 
 
 def score_item(text: str, ground_truth: list[str], vocab: ObjectVocabulary) -> dict:
-    mentioned = vocab.mentions(text or "")
+    pairs = vocab.mention_words(text or "")
+    mentioned = [category for _, category in pairs]
     gt = set(ground_truth)
     hallucinated = [m for m in mentioned if m not in gt]
     covered = sorted(gt & set(mentioned))
     return {
         "mentions": mentioned,
+        # The words matched, parallel to `mentions` (as CHAIR's `mentioned_words`): what a report highlights.
+        "mentioned_words": [word for word, _ in pairs],
         "hallucinated": hallucinated,
         "covered": covered,
         "ground_truth": sorted(gt),
