@@ -127,7 +127,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if missing:
         raise ValueError(f"pairs dataset {pairs_path} lacks column(s) {missing}")
     transformers.set_seed(dpo_config.seed)
-    model, processor = load_policy(cfg.model, cfg.dtype, quantization_config=quantization)
+    model_path = cfg.model
+    if lora_config is None and (Path(cfg.model) / "adapter_config.json").exists():
+        model_path = merged_for_full_training(cfg.model, out, cfg.dtype)
+    model, processor = load_policy(model_path, cfg.dtype, quantization_config=quantization)
     model.train()
     if cfg.freeze:
         from halign.align.freeze import freeze
@@ -180,6 +183,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         "trainer": type(trainer).__name__, "pair_check": pair_check,
     })
     return out
+
+
+def merged_for_full_training(adapter_dir: str, out: Path, dtype: str) -> str:
+    """Full fine-tuning from a LoRA output folder: its adapter merged into the base, saved as a checkpoint that
+    both the policy and trl's reference copy load (a merged in-memory model would have no trainable weights
+    and a reference loaded from the bare base). Merged on the main process; the other ranks wait for it."""
+    from accelerate import PartialState
+
+    from halign.align.export import merge_adapter
+
+    merged = out / "merged_input"
+    state = PartialState()
+    if state.is_main_process:
+        print(f"full fine-tuning from a LoRA adapter: merging {adapter_dir} into its base first -> {merged}")
+        merge_adapter(adapter_dir, merged, dtype=dtype)
+    state.wait_for_everyone()
+    return str(merged)
 
 
 def fast_path_refusal(cfg: TrainConfig, model, dpo_config) -> str | None:
@@ -244,6 +264,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="every N steps, generate on held-out toy scenes and log CHAIR / recall")
     parser.add_argument("--qlora", action="store_true",
                         help="QLoRA: LoRA on a 4-bit NF4 base (needs bitsandbytes and a CUDA GPU)")
+    parser.add_argument("--no-fast", action="store_true",
+                        help="plain trl.DPOTrainer instead of the fast vision path (recipe key train.fast: false)")
     parser.add_argument("--mdpo", action="store_true",
                         help="add mDPO's image-conditional and anchor terms (settings: mdpo.KEY=VALUE)")
     parser.add_argument("overrides", nargs="*", help="dpo.KEY=VALUE, peft.KEY=VALUE or mdpo.KEY=VALUE")
@@ -266,6 +288,8 @@ def main(args: argparse.Namespace) -> int:
             train_argv.append("--mdpo")
         if args.qlora:
             train_argv.append("--qlora")
+        if args.no_fast:
+            train_argv.append("--no-fast")
         argv, env = launch_command(args.accelerate_config or "ddp", args.num_processes, train_argv)
         return subprocess.run(argv, env={**os.environ, **env}).returncode
     dpo, peft, mdpo = {}, ({} if not args.full else None), {}
@@ -287,5 +311,5 @@ def main(args: argparse.Namespace) -> int:
     track = {"every_n_steps": args.track_every} if args.track_every else None
     print(train(TrainConfig(model=args.model, pairs=args.pairs, output_dir=args.out, dpo=dpo, peft=peft,
                             track=track, resume=args.resume, mdpo=(mdpo or True) if args.mdpo else None,
-                            quantization=True if args.qlora else None)))
+                            quantization=True if args.qlora else None, fast=not args.no_fast)))
     return 0

@@ -5,7 +5,8 @@ A `trl.DPOTrainer` whose only overridden hook is `compute_loss`, fed by its own 
 mixtures of them), same log-probs; three things differ, each tested against plain trl in
 tests/test_fast_dpo.py:
 
-(a) reference log-probs are computed once, before training, and cached next to the pairs;
+(a) reference log-probs are computed once, before training (shared out across ranks), and cached in the run's
+    output folder under a key covering everything they depend on (align/ref_cache.py);
 (b) a pair is one packed row: one vision-tower pass and one pass over the shared prompt;
 (c) with max_length, only completion text is truncated; a prompt whose image tokens alone reach max_length
     is an error naming the record.
@@ -20,18 +21,15 @@ Families that cannot take a custom 4D attention mask are refused here (`packing_
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import is_peft_model
 from trl import DPOTrainer
 
-from halign.align.packing import (CHOSEN, REJECTED, PackedPairCollator, hash_reference, mrope_merge_size,
-                                  packing_unsupported)
+from halign.align.packing import CHOSEN, REJECTED, PackedPairCollator, mrope_merge_size, packing_unsupported
 from halign.align.packing_families import family_layout
 
 logger = logging.getLogger(__name__)
@@ -39,7 +37,6 @@ logger = logging.getLogger(__name__)
 SUPPORTED_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "sft")
 REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 MDPO_REF_KEY = "ref_corrupted_chosen_logps"  # the chosen answer with the corrupted image (mDPO only)
-CACHE_VERSION = 1  # bump when the packing or the log-prob reduction changes
 
 
 def check_supported(args) -> None:
@@ -81,80 +78,112 @@ class FastVisionDPOTrainer(DPOTrainer):
                          peft_config=peft_config, data_collator=data_collator, **kwargs)
         self.ref_cache_file: Path | None = None
         self.ref_cache_hit = False
+        self.ref_pairs_per_rank: list[int] | None = None  # set when this trainer ran the reference pass
         self.train_dataset = self.attach_ref_logps(self.train_dataset, ref_cache_dir)
-        # The reference never runs again: drop trl's copy (full mode) so training holds one model.
+        self.release_reference_copy()
+
+    def release_reference_copy(self) -> None:
+        """The reference never runs again: drop its weights so training holds one model (full mode)."""
+        if self.ref_model is None:
+            return
         self.ref_model = None
+        # trl prepared the copy with the accelerator, which keeps a reference to every prepared model; nothing
+        # else has been prepared yet (the policy is prepared when training starts), so release them all.
+        self.accelerator.free_memory()
 
-    # ---- (a) reference log-probs, once per (reference weights, dataset, max_length) -------------------------
+    # ---- (a) reference log-probs, once per everything they depend on (align/ref_cache.py) --------------------
 
-    def _ref_key(self, dataset) -> str:
-        model = self.accelerator.unwrap_model(self.model)
-        if self.ref_model is not None:  # full mode: trl loaded the reference from these files
-            reference = hash_reference(getattr(self.ref_model.config, "_name_or_path", None), self.ref_model)
-        else:  # LoRA: the in-memory base is the reference (it may hold a merged earlier adapter)
-            reference = hash_reference(None, model)
-        parts = {"reference": reference, "dataset": dataset._fingerprint,
-                 "max_length": self.args.max_length, "dtype": str(model.dtype), "version": CACHE_VERSION}
-        if self.mdpo is not None:  # the corrupted images, hence their log-probs, depend on these
-            parts["mdpo"] = self.mdpo.key()
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+    def _reference(self):
+        """(model, context) that computes trl's reference: an explicit or trl-loaded `ref_model` as given; for
+        PEFT, the policy with the "ref" adapter trl copies from a continued adapter, else with adapters off."""
+        from trl.trainer.utils import use_adapter
 
-    @staticmethod
-    def _default_cache_dir(dataset) -> Path | None:
-        files = getattr(dataset, "cache_files", None) or []
-        return Path(files[0]["filename"]).parent / "ref_logps" if files else None
+        if self.ref_model is not None:
+            return self.ref_model, None, contextlib.nullcontext()
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if is_peft_model(unwrapped):
+            adapter = "ref" if "ref" in unwrapped.peft_config else None  # trl's own choice (compute_ref_log_probs)
+            return self.model, adapter, use_adapter(unwrapped, adapter_name=adapter)
+        # Full fine-tuning after trl's copy was freed: the policy is the reference only before training starts.
+        if self.state.global_step > 0:
+            raise ValueError("fast DPO: the reference weights were freed when training started; "
+                             "pass ref_model to compute reference log-probs now")
+        return self.model, None, contextlib.nullcontext()
+
+    def describe_reference_inputs(self, dataset) -> dict:
+        """What this trainer's reference log-probs on `dataset` depend on (the cache key's material)."""
+        from halign.align import ref_cache
+
+        model, adapter, _ = self._reference()
+        ref_model = self.accelerator.unwrap_model(self.ref_model) if self.ref_model is not None else None
+        return ref_cache.describe(model=self.accelerator.unwrap_model(model), ref_model=ref_model,
+                                  adapter_name=adapter, processor=self.processing_class, dataset=dataset,
+                                  args=self.args, mdpo=self.mdpo, progress=not self.args.disable_tqdm)
 
     def attach_ref_logps(self, dataset, cache_dir: str | Path | None = None):
         """`dataset` plus ref_chosen_logps / ref_rejected_logps columns, from the cache or one reference pass."""
-        # The reference is frozen, so its log-probs depend only on (weights, pairs, max_length): pay one no-grad
-        # pass per such triple instead of a reference forward on every step of every epoch.
-        cache_dir = Path(cache_dir) if cache_dir else self._default_cache_dir(dataset)
+        from accelerate.utils import broadcast_object_list
+
+        from halign.align.ref_cache import RefLogpsCache
+
+        # The reference is frozen, so its log-probs are paid once per set of inputs (one no-grad pass, shared
+        # out across ranks) instead of a reference forward on every step of every epoch.
+        cache_dir = Path(cache_dir) if cache_dir else Path(self.args.output_dir) / "ref_logps"
         values = None
-        if cache_dir is not None:
-            self.ref_cache_file = cache_dir / f"ref_logps-{self._ref_key(dataset)}.pt"
-            if self.ref_cache_file.exists():
-                values = torch.load(self.ref_cache_file, weights_only=True)
-                self.ref_cache_hit = all(len(values.get(k, ())) == len(dataset) for k in self.ref_keys)
-                values = values if self.ref_cache_hit else None
+        if self.accelerator.is_main_process:  # one rank hashes and reads; the others get the outcome
+            self.ref_cache = RefLogpsCache(cache_dir, self.describe_reference_inputs(dataset))
+            values = self.ref_cache.load(self.ref_keys, len(dataset))
+            if values is None:
+                why = self.ref_cache.explain_miss()
+                logger.info("fast DPO: computing reference log-probs (%s)", why or "no cache yet")
+            values = None if values is None else {k: values[k].tolist() for k in self.ref_keys}
+        shared = broadcast_object_list([values, getattr(self, "ref_cache", None)])
+        values, self.ref_cache = shared
+        self.ref_cache_file = self.ref_cache.file
+        self.ref_cache_hit = values is not None
         if values is None:
-            values = dict(zip(self.ref_keys, self.compute_ref_logps(dataset), strict=True))
-            if self.ref_cache_file is not None and self.accelerator.is_main_process:
-                try:
-                    cache_dir.mkdir(parents=True, exist_ok=True)
-                    tmp = self.ref_cache_file.with_suffix(f".tmp{os.getpid()}")
-                    torch.save(values, tmp)
-                    tmp.replace(self.ref_cache_file)
-                except OSError as err:
-                    logger.warning("fast DPO: could not cache reference log-probs in %s: %s", cache_dir, err)
+            values, per_rank = self.compute_ref_logps(dataset)
+            self.ref_pairs_per_rank = per_rank
+            if self.accelerator.is_main_process:
+                self.ref_cache.save({k: torch.tensor(v) for k, v in values.items()},
+                                    computed={"pairs_per_rank": per_rank})
         for key in self.ref_keys:
             if key in dataset.column_names:
                 dataset = dataset.remove_columns(key)
-            dataset = dataset.add_column(key, values[key].tolist())
+            dataset = dataset.add_column(key, list(values[key]))
         return dataset
 
     @torch.no_grad()
-    def compute_ref_logps(self, dataset) -> tuple[torch.Tensor, ...]:
-        """One no-grad pass of the reference (the base with adapters off, or trl's reference copy) over `dataset`."""
+    def compute_ref_logps(self, dataset) -> tuple[dict[str, list[float]], list[int]]:
+        """({column: one value per pair}, pairs per rank): each rank runs the reference over its contiguous share
+        of `dataset`, and the shares are gathered in rank order."""
+        from accelerate.utils import gather_object
         from torch.utils.data import DataLoader
-        from trl.trainer.utils import use_adapter
 
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        share = -(-len(dataset) // world)
+        mine = dataset.select(range(min(rank * share, len(dataset)), min((rank + 1) * share, len(dataset))))
         batch_size = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
-        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        if self.ref_model is not None:
-            model, context = self.ref_model, contextlib.nullcontext()
-        else:
-            model, context = self.model, use_adapter(unwrapped, adapter_name=None)
-        columns = [[] for _ in self.ref_keys]  # chosen, rejected[, chosen with the corrupted image]
+        loader = DataLoader(mine, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
+        model, _, context = self._reference()
+        columns = {key: [] for key in self.ref_keys}  # chosen, rejected[, chosen with the corrupted image]
+        batches = loader
+        if not self.args.disable_tqdm and self.accelerator.is_main_process:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(loader, desc=f"reference log-probs ({len(mine)} pairs on this rank of {world})")
         with context, self.accelerator.autocast():
-            for batch in loader:
+            for batch in batches:
                 batch = self._prepare_inputs(batch)
-                values = list(self._sequence_logps(model, batch)[:2])
+                found = list(self._sequence_logps(model, batch)[:2])
                 if self.mdpo is not None:
-                    values.append(self._sequence_logps(model, batch["corrupted"])[0])
-                for column, value in zip(columns, values, strict=True):
-                    column.append(value.float().cpu())
-        return tuple(torch.cat(column) for column in columns)
+                    found.append(self._sequence_logps(model, batch["corrupted"])[0])
+                for key, value in zip(self.ref_keys, found, strict=True):
+                    columns[key] += value.float().cpu().tolist()
+        shares = gather_object([(rank, columns)]) if world > 1 else [(rank, columns)]
+        shares = [part for _, part in sorted(shares, key=lambda item: item[0])]
+        values = {key: [v for part in shares for v in part[key]] for key in self.ref_keys}
+        return values, [len(part[self.ref_keys[0]]) for part in shares]
 
     # ---- (b) one packed row per pair ----------------------------------------------------------------------
 

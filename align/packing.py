@@ -23,10 +23,8 @@ align/packing_families.py, whose `FamilyLayout` the collator takes from the mode
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -256,26 +254,3 @@ class PackedPairCollator:
         mask = torch.zeros((allowed.shape[0], 1, *allowed.shape[1:]), dtype=self.mask_dtype)
         return mask.masked_fill_(~allowed[:, None], torch.finfo(self.mask_dtype).min)  # eager adds it to the scores
 
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-
-
-def hash_reference(path: str | Path | None, module: torch.nn.Module | None = None) -> str:
-    """Hash of a reference checkpoint: its weight files (and config/tokenizer files), else the module's tensors."""
-    digest = hashlib.sha256()
-    folder = Path(path) if path else None
-    if folder is not None and folder.is_dir() and any(f.suffix in WEIGHT_SUFFIXES for f in folder.iterdir()):
-        for file in sorted(f for f in folder.rglob("*") if f.is_file()):
-            digest.update(str(file.relative_to(folder)).encode())
-            with open(file, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(chunk)
-        return "files:" + digest.hexdigest()
-    if module is None:
-        raise ValueError(f"cannot hash the reference: {path!r} is not a local checkpoint folder and no module given")
-    for name, tensor in sorted(module.state_dict().items()):
-        if "lora_" in name:
-            continue  # adapters are off in the reference
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return "tensors:" + digest.hexdigest()

@@ -20,7 +20,7 @@ import yaml
 SECTIONS = ("model", "seed", "rounds", "toy_checkpoint", "source", "sample", "judge", "pairs", "train", "eval")
 SOURCE_KEYS = {"toy_world": {"type", "split", "n", "start", "exclude_seen", "world", "qa_fraction"},
                "jsonl": {"type", "path", "max_images"}}
-TRAIN_KEYS = {"dpo", "peft", "dtype", "accelerate_config", "mdpo", "quantization"}
+TRAIN_KEYS = {"dpo", "peft", "dtype", "accelerate_config", "mdpo", "quantization", "fast"}
 EVAL_KEYS = {"source", "benchmark", "metric", "max_new_tokens", "batch_size", "before"}
 BENCHMARKS = ("toy", "chair")
 # Built-in judges that recipes may already name; until they are registered they fail at execution only.
@@ -183,6 +183,10 @@ def resolve(raw: dict) -> dict:
     quantization_args(quantization, lora=peft is not None)
     cfg["train"] = {"dpo": dpo, "peft": peft, "dtype": train.get("dtype", "float32"),
                     "accelerate_config": train.get("accelerate_config"), "mdpo": mdpo, "quantization": quantization}
+    if "fast" in train:  # train.fast: false = plain trl.DPOTrainer (added only when set: old recipes keep their hash)
+        if not isinstance(train["fast"], bool):
+            raise ValueError(f"train.fast must be true or false, got {train['fast']!r}")
+        cfg["train"]["fast"] = train["fast"]
     cfg["train_resolved"] = {"dpo": args, "peft": tc.lora_args()}  # shown in the plan; DEFAULT_* applied
 
     ev = _section(raw, "eval", {})

@@ -49,9 +49,12 @@ def pairs_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("pairs")
     cfg = toy_world.ToyWorldConfig()
     rows = []
-    for rec in toy_world.write_prompts(cfg, "dpo", 8, out / "world"):
+    for i, rec in enumerate(toy_world.write_prompts(cfg, "dpo", 8, out / "world")):
         objects = [f"a {o['color']} {o['shape']}" for o in rec["ground_truth"]]
-        rows.append({"image_paths": rec["images"], "prompt": [{"role": "user", "content": rec["question"]}],
+        # Prompts of different lengths (caption prompt, or caption prompt + a POPE question), so batches are
+        # left-padded, as real data is.
+        question = rec["question"] if i % 2 == 0 else f"{rec['question']} {rec['pope'][0]['question']}"
+        rows.append({"image_paths": rec["images"], "prompt": [{"role": "user", "content": question}],
                      "chosen": [{"role": "assistant", "content": ", ".join(objects) + "."}],
                      "rejected": [{"role": "assistant", "content": ", ".join(objects) + " and a red star."}],
                      "chosen_score": 1.0, "rejected_score": 0.0, "judge": "test", "prompt_id": rec["id"]})

@@ -28,7 +28,9 @@ def _build(tiny_checkpoint, pairs_dataset, tmp_path, fast: bool, lora: bool, dpo
     model.train()
     if fast:
         return FastVisionDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                                    peft_config=make_lora_config(cfg), ref_cache_dir=cache_dir or tmp_path / "cache")
+                                    peft_config=make_lora_config(cfg),
+                                    # "run folder": the trainer's default, <output_dir>/ref_logps
+                                    ref_cache_dir=None if cache_dir == "run folder" else cache_dir or tmp_path / "cache")
     return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                       peft_config=make_lora_config(cfg))
 
@@ -72,6 +74,9 @@ def test_loss_and_grads_equal_trl(tiny_checkpoint, pairs_dataset, tmp_path, lora
     fast = _build(tiny_checkpoint, pairs_dataset, tmp_path, fast=True, lora=lora, attention=attention)
     assert fast.model.config.get_text_config()._attn_implementation == attention
     assert fast.ref_model is None  # no reference copy held during training
+    batch = fast.data_collator([dict(r) for r in fast.train_dataset])
+    prompt_lengths = (batch["segments"] == 1).int().argmax(dim=1)  # where chosen starts
+    assert len(set(prompt_lengths.tolist())) > 1  # prompts of different lengths: the processor left-pads them
     _perturb([reference, fast])
     _assert_same(reference, fast)
 

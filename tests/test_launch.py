@@ -62,3 +62,10 @@ def test_two_cpu_processes_equal_one(tmp_path, tiny_checkpoint, pairs_dataset):
         assert torch.allclose(one[name], two[name], atol=1e-5, rtol=1e-4), name
         moved += int("lora_B" in name and one[name].abs().max() > 0)
     assert moved > 0
+    # The reference pass is shared out: each rank computed half the pairs, gathered into the same cache.
+    (one_cache,), (two_cache,) = [list((tmp_path / run / "trainer" / "ref_logps").glob("*.pt")) for run in ("one", "two")]
+    assert one_cache.name == two_cache.name
+    for key, values in torch.load(one_cache).items():
+        assert torch.allclose(values, torch.load(two_cache)[key], atol=1e-5, rtol=0), key
+    computed = [json.loads(cache.with_suffix(".json").read_text())["computed"] for cache in (one_cache, two_cache)]
+    assert computed[0]["pairs_per_rank"] == [8] and computed[1]["pairs_per_rank"] == [4, 4]
