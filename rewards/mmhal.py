@@ -107,7 +107,7 @@ class MMHalJudge(EndpointJudge):
 
     name = "mmhal"
 
-    def __init__(self, *, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+    def __init__(self, *, model: str, base_url: str | None = None, api_key_env: str | None = None,
                  concurrency: int = 16, timeout: float = 60.0, max_retries: int = 5,
                  cache_dir: str | Path | None = None, temperature: float = 0.0, max_tokens: int | None = 512,
                  backoff_base: float = 1.0, backoff_max: float = 60.0, template: str | Path = TEMPLATE_PATH,

@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mmhal.add_argument("--response-key", help="response field (default: first of model_answer, response, text, ...)")
     mmhal.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     mmhal.add_argument("--model", required=True, help="judge model name")
-    mmhal.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    mmhal.add_argument("--api-key-env", help="environment variable holding the key (default: OPENAI_API_KEY, "
+                                             "sent to the OpenAI host only; other hosts get no key unless named)")
     mmhal.add_argument("--concurrency", type=int, default=16)
     mmhal.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     mmhal.add_argument("--max-retries", type=int, default=5)

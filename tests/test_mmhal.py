@@ -192,9 +192,11 @@ def test_cli_end_to_end(server, tmp_path, capsys, monkeypatch):
     assert set(report["per_type"]) == {"attribute", "adversarial"}
     text = capsys.readouterr().out
     assert "hallucination_rate" in text and "failed 1" in text
-    # Errors are one line, exit code 2: a remote endpoint without a key.
-    assert cli_main(args[:6] + ["--base-url", "https://judge.example.com/v1", "--model", "m"]) == 2
-    assert "OPENAI_API_KEY" in capsys.readouterr().err
+    # Errors are one line, exit code 2: a remote endpoint whose key variable is not set.
+    monkeypatch.delenv("MMHAL_TEST_KEY", raising=False)
+    assert cli_main(args[:6] + ["--base-url", "https://judge.example.com/v1", "--model", "m",
+                                "--api-key-env", "MMHAL_TEST_KEY"]) == 2
+    assert "MMHAL_TEST_KEY" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not ITEMS_PATH.exists(), reason="../shared/data/mmhal_bench_template.json not present")

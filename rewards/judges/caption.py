@@ -180,9 +180,31 @@ def prompt_problem(candidate: dict, prompts: dict[str, dict]) -> str | None:
 
 # ---------------------------------------------------------------------------------------------- judge
 
+def client_config(*, model: str, price_in: float | None = None, price_out: float | None = None,
+                  prices: dict | None = None, **settings) -> ClientConfig:
+    """A checked ClientConfig from a judge's constructor options (--price-in/--price-out go to the table)."""
+    prices = dict(prices or {})
+    if (price_in is None) != (price_out is None):
+        raise ValueError("give both --price-in and --price-out ($ per 1M input / output tokens)")
+    if price_in is not None:
+        prices[model] = (float(price_in), float(price_out))
+    if settings.get("concurrency", 1) < 1 or settings.get("timeout", 1) <= 0 or settings.get("max_retries", 0) < 0 \
+            or settings.get("max_reasks", 0) < 0:
+        raise ValueError("concurrency must be >= 1, timeout > 0, max_retries and max_reasks >= 0")
+    for name in ("rpm", "tpm", "budget"):
+        if settings.get(name) is not None and settings[name] <= 0:
+            raise ValueError(f"--{name} must be > 0, got {settings[name]}")
+    return ClientConfig(model=model, prices=prices, **settings)
+
+
 class EndpointJudge:
     """What a judge with one template on one OpenAI-compatible endpoint reports: `self.client` (LLMClient),
-    `self.config` (ClientConfig), `self.template` and `self.name` are set by the subclass."""
+    `self.config` (ClientConfig), `self.template` and `self.name` are set by the subclass.
+
+    `on_judgment`, when set (the CLI sets it), receives each judgment as soon as it is final, so the output
+    file grows while the run goes on."""
+
+    on_judgment: Callable[[dict], None] | None = None
 
     @property
     def stats(self):
@@ -200,32 +222,29 @@ class CaptionJudge(EndpointJudge):
     name = "caption"
 
     def __init__(self, *, model: str = "gpt-4o-mini", base_url: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", concurrency: int = 16, timeout: float = 60.0,
+                 api_key_env: str | None = None, concurrency: int = 16, timeout: float = 60.0,
                  max_retries: int = 5, max_reasks: int = 2, cache_dir: str | Path | None = None,
                  prices: dict[str, tuple[float, float]] | None = None, price_in: float | None = None,
                  price_out: float | None = None, temperature: float = 0.0, max_tokens: int | None = 512,
                  json_mode: bool = False, backoff_base: float = 1.0, backoff_max: float = 60.0,
-                 template: str = "caption_judge_v1", pairwise_template: str = "caption_judge_pairwise_v1",
-                 progress: bool = True):
-        prices = dict(prices or {})
-        if (price_in is None) != (price_out is None):
-            raise ValueError("give both --price-in and --price-out ($ per 1M input / output tokens)")
-        if price_in is not None:
-            prices[model] = (float(price_in), float(price_out))
-        if concurrency < 1 or timeout <= 0 or max_retries < 0 or max_reasks < 0:
-            raise ValueError("concurrency must be >= 1, timeout > 0, max_retries and max_reasks >= 0")
-        self.config = ClientConfig(model=model, base_url=base_url, api_key_env=api_key_env,
-                                   concurrency=concurrency, timeout=timeout, max_retries=max_retries,
-                                   max_reasks=max_reasks, cache_dir=cache_dir, prices=prices,
-                                   temperature=temperature, max_tokens=max_tokens, json_mode=json_mode,
-                                   backoff_base=backoff_base, backoff_max=backoff_max)
+                 rpm: float | None = None, tpm: float | None = None, budget: float | None = None,
+                 deadline_floor: float = 10.0, template: str = "caption_judge_v1",
+                 pairwise_template: str = "caption_judge_pairwise_v1", progress: bool = True):
+        self.config = client_config(model=model, base_url=base_url, api_key_env=api_key_env,
+                                    concurrency=concurrency, timeout=timeout, max_retries=max_retries,
+                                    max_reasks=max_reasks, cache_dir=cache_dir, prices=prices, price_in=price_in,
+                                    price_out=price_out, temperature=temperature, max_tokens=max_tokens,
+                                    json_mode=json_mode, backoff_base=backoff_base, backoff_max=backoff_max,
+                                    rpm=rpm, tpm=tpm, budget=budget, deadline_floor=deadline_floor)
         self.template = load_template(template)
         self.pairwise_template_name = pairwise_template
         self.progress = progress
         self.client = LLMClient(self.config, name=self.name)  # fails here, at start-up, without a key
 
-    def _material(self, template: Template, inputs: dict) -> dict:
-        return self.config.key_material(self.name, template.sha256, inputs)
+    def _request(self, template: Template, inputs: dict, validator) -> JudgeRequest:
+        messages = template.render(**inputs)
+        return JudgeRequest(self.config.key_material(self.name, template.sha256, inputs, messages), messages,
+                            validator)
 
     # -- pointwise
 
@@ -241,11 +260,15 @@ class CaptionJudge(EndpointJudge):
             prompt = prompts[cand["prompt_id"]]
             inputs = {"caption": str(prompt["caption"]), "question": question_text(prompt),
                       "response": str(cand.get("text") or "")}
-            requests.append(JudgeRequest(self._material(self.template, inputs),
-                                         self.template.render(**inputs), parse_verdict))
+            requests.append(self._request(self.template, inputs, parse_verdict))
             where.append(i)
-        for i, res in zip(where, self.client.run(requests, progress=self.progress)):
-            out[i] = self._record(candidates[i], res)
+
+        def finished(j: int, res: JudgeResult) -> None:
+            out[where[j]] = self._record(candidates[where[j]], res)
+            if self.on_judgment is not None:
+                self.on_judgment(out[where[j]])
+
+        self.client.run(requests, progress=self.progress, on_result=finished)
         return out  # type: ignore[return-value]
 
     def _record(self, cand: dict, res: JudgeResult) -> dict:
@@ -282,8 +305,7 @@ class CaptionJudge(EndpointJudge):
             prompt = prompts[a["prompt_id"]]
             inputs = {"caption": str(prompt["caption"]), "question": question_text(prompt),
                       "response_a": str(a.get("text") or ""), "response_b": str(b.get("text") or "")}
-            requests.append(JudgeRequest(self._material(template, inputs), template.render(**inputs),
-                                         parse_pairwise_verdict))
+            requests.append(self._request(template, inputs, parse_pairwise_verdict))
             where.append(i)
         for i, res in zip(where, self.client.run(requests, progress=self.progress)):
             out[i] = self._pair_record(*pairs[i], res)

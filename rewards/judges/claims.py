@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from halign.rewards.judges.caption import (Schema, failed_judgment, load_template, parse_json_reply,
-                                           question_text, validate)
-from halign.rewards.judges.llm_client import ClientConfig, JudgeRequest, JudgeResult, LLMClient
+from halign.rewards.judges.caption import (Schema, client_config, failed_judgment, load_template,
+                                           parse_json_reply, question_text, validate)
+from halign.rewards.judges.llm_client import JudgeRequest, JudgeResult, LLMClient
 
 SPLITTERS = ("llm", "objects")
 VERIFIERS = ("caption", "image")
@@ -148,10 +148,12 @@ class ClaimsJudge:
                  labeler_model=None, labeler_processor=None, labeler_dtype: str = "float32",
                  labeler_device: str | None = None, batch_size: int = 32, threshold: float = 0.5,
                  vocabulary: dict | str = "toy", question_template: str | None = None,
-                 model: str = "gpt-4o-mini", base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 model: str = "gpt-4o-mini", base_url: str | None = None, api_key_env: str | None = None,
                  concurrency: int = 16, timeout: float = 60.0, max_retries: int = 5, max_reasks: int = 2,
                  cache_dir: str | Path | None = None, temperature: float = 0.0, max_tokens: int | None = 1024,
                  json_mode: bool = False, backoff_base: float = 1.0, backoff_max: float = 60.0,
+                 price_in: float | None = None, price_out: float | None = None, rpm: float | None = None,
+                 tpm: float | None = None, budget: float | None = None, deadline_floor: float = 10.0,
                  split_template: str = "claims_split_v1", verify_template: str = "claims_verify_v1",
                  progress: bool = True):
         from halign.data_gen.toy_world import QUESTION_TEMPLATE
@@ -177,11 +179,12 @@ class ClaimsJudge:
             self.templates["verify"] = load_template(verify_template)
         self.client = None
         if self.templates:  # only a judge that talks to an LLM needs a key (fails here, at start-up)
-            self.config = ClientConfig(model=model, base_url=base_url, api_key_env=api_key_env,
-                                       concurrency=concurrency, timeout=timeout, max_retries=max_retries,
-                                       max_reasks=max_reasks, cache_dir=cache_dir, temperature=temperature,
-                                       max_tokens=max_tokens, json_mode=json_mode, backoff_base=backoff_base,
-                                       backoff_max=backoff_max)
+            self.config = client_config(model=model, base_url=base_url, api_key_env=api_key_env,
+                                        concurrency=concurrency, timeout=timeout, max_retries=max_retries,
+                                        max_reasks=max_reasks, cache_dir=cache_dir, temperature=temperature,
+                                        max_tokens=max_tokens, json_mode=json_mode, backoff_base=backoff_base,
+                                        backoff_max=backoff_max, price_in=price_in, price_out=price_out,
+                                        rpm=rpm, tpm=tpm, budget=budget, deadline_floor=deadline_floor)
             self.client = LLMClient(self.config, name=self.name)
         self.labeler_path = str(labeler) if labeler else None
         self.labeler = None
@@ -215,8 +218,9 @@ class ClaimsJudge:
 
     def _request(self, kind: str, inputs: dict, validator) -> JudgeRequest:
         template = self.templates[kind]
-        material = self.config.key_material(f"{self.name}-{kind}", template.sha256, inputs)
-        return JudgeRequest(material, template.render(**inputs), validator)
+        messages = template.render(**inputs)
+        material = self.config.key_material(f"{self.name}-{kind}", template.sha256, inputs, messages)
+        return JudgeRequest(material, messages, validator)
 
     def _problem(self, cand: dict, prompts: dict[str, dict]) -> str | None:
         prompt = prompts.get(cand.get("prompt_id"))
@@ -296,8 +300,9 @@ class ClaimsJudge:
                     "p_yes": round(p, 6)} for c, (p, _) in zip(claims, answers)]
         rejected = [c["text"] for c in checked if not c["verdict"]]
         llm_results = [r for r in results if r.raw is not None or r.cached]
+        # float(-n), not -float(n): no rejected claim scores 0.0, never -0.0
         return {"candidate_id": cand.get("id"), "prompt_id": cand.get("prompt_id"), "judge": self.name,
-                "score": -float(len(rejected)), "claims": checked, "hallucinated": rejected,
+                "score": float(-len(rejected)), "claims": checked, "hallucinated": rejected,
                 "covered": [c["text"] for c in checked if c["verdict"]],
                 "rationale": f"{len(rejected)} of {len(checked)} claim(s) rejected by the {self.verifier} verifier",
                 "usage": usage, "cached": bool(llm_results) and all(r.cached for r in llm_results), "error": None}

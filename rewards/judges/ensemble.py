@@ -132,8 +132,14 @@ class EnsembleJudge:
     name = "ensemble"
 
     def __init__(self, judges: list | None = None, mode: str = "mean", normalize: str = "zscore",
-                 cache_dir: str | Path | None = None, progress: bool = True):
-        """`judges`: built-in names / dotted paths, dicts {"judge": name, **options}, or Judge instances."""
+                 cache_dir: str | Path | None = None, progress: bool = True, base_url: str | None = None,
+                 model: str | None = None, api_key_env: str | None = None):
+        """`judges`: built-in names / dotted paths, dicts {"judge": name, **options}, or Judge instances.
+
+        `base_url`, `model` and `api_key_env` (the CLI's --base-url/--model/--api-key-env) are defaults for
+        the members that talk to an LLM; a member's own setting wins."""
+        defaults = {k: v for k, v in (("base_url", base_url), ("model", model), ("api_key_env", api_key_env))
+                    if v is not None}
         from halign.rewards.judges.registry import accepted_options, build_judge, judge_class
 
         if mode not in MODES:
@@ -157,6 +163,9 @@ class EnsembleJudge:
                     options["cache_dir"] = str(Path(cache_dir) / f"{i}-{name.rsplit('.', 1)[-1]}")
                 if not progress and (accepted is None or "progress" in accepted):
                     options.setdefault("progress", False)
+                for key, value in defaults.items():
+                    if accepted is None or key in accepted:
+                        options.setdefault(key, value)
                 spec = build_judge(name, **options)
             label = getattr(spec, "name", f"judge{i}")
             self.labels.append(label if label not in self.labels else f"{label}#{i}")
@@ -199,7 +208,8 @@ class EnsembleJudge:
                 continue
             flags = [bool(v.get("hallucinated")) for v in verdicts]
             if self.mode == "mean":
-                score = sum((v["score"] - mu) / sd for v, (mu, sd) in zip(verdicts, scales)) / len(verdicts)
+                # + 0.0 turns a -0.0 into 0.0 (a z-score sum can come out as -0.0)
+                score = sum((v["score"] - mu) / sd for v, (mu, sd) in zip(verdicts, scales)) / len(verdicts) + 0.0
                 flagged = sum(flags) * 2 > len(flags)
             elif self.mode == "vote":
                 score, flagged = float(flags.count(False)), sum(flags) * 2 > len(flags)

@@ -1,192 +1,46 @@
 """Async judge calls over any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM's server, Ollama).
 
-Judging is I/O-bound, so one process keeps `concurrency` requests in flight. Every finished call is written
-to an on-disk cache at once (one small JSON file per request hash, tmp + os.replace), so a run that is killed,
-even with SIGKILL, and started again pays for none of the calls that had finished. A judgment either ends
-with a validated verdict or is recorded as failed (no score, `error` set): a score is never made up.
+Judging is I/O-bound, so one process keeps up to `concurrency` chains in flight, each an item's whole life:
+first ask, retries, re-asks. A fixed pool of workers runs the chains, so an item that needs a retry finishes
+before a new item starts and a 100k-item run holds `concurrency` coroutines, not 100k. Every request goes
+through one `RateController` (rate_control.py): slow start, the rate the endpoint admits, --rpm/--tpm, and
+through a latency-derived deadline, so a hung request is cut and re-sent instead of holding the run.
 
-The API key is read from the environment only and is scrubbed from every error string we keep or print.
+Every finished call is written to the shared on-disk cache at once (disk_cache.py), so a run that is killed,
+even with SIGKILL, and started again pays for none of the calls that had finished. A judgment either ends
+with a validated verdict or is recorded as failed (no score, `error` set): a score is never made up. Errors
+no retry can fix (bad key, unknown model, no quota, the same 400 for every item) stop the run at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import ipaddress
+import collections
 import json
-import math
-import os
 import random
-import re
+import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlparse
 
-from halign.data_gen.io import stable_hash
+# Re-exported: judges and tests import these names from here.
 from halign.rewards.judges.disk_cache import DiskCache
+from halign.rewards.judges.endpoint import (DEFAULT_PRICES, PLACEHOLDER_KEY, ClientConfig, FatalJudgeError,  # noqa: F401
+                                            InvalidOutput, JudgeRequest, JudgeResult, RequestFailed, StopRun,
+                                            UsageStats, estimate_cost, estimate_prompt_tokens, is_loopback,
+                                            resolve_api_key, scrub, usage_dict)
+from halign.rewards.judges.progress import Progress
+from halign.rewards.judges.rate_control import LatencyTracker, RateController, parse_retry_after
 
-PLACEHOLDER_KEY = "EMPTY"  # what vLLM / Ollama accept when started without --api-key
 MAX_RETRY_AFTER = 300.0  # seconds
-
-# $ per 1M tokens (input, output), list prices when this table was written; override with `prices=` or
-# `--price-in/--price-out`. A model missing here reports its cost as unknown rather than as $0.
-DEFAULT_PRICES: dict[str, tuple[float, float]] = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60),
-                                                   "gpt-4.1": (2.00, 8.00), "gpt-4.1-mini": (0.40, 1.60)}
+FRESH, CONTINUATION = 1, 0  # slot priorities: a started chain goes first
 
 
-class InvalidOutput(ValueError):
-    """The model answered, but not in the required format; the message is sent back in the re-ask."""
+class _DeadlineCut(Exception):
+    pass
 
 
-class FatalJudgeError(ValueError):
-    """The whole run cannot succeed (bad key, unknown model): stop instead of failing every item."""
-
-
-class RequestFailed(Exception):
-    """One request failed for good (retries spent, or an error retrying cannot fix)."""
-
-
-# ---------------------------------------------------------------------------------------------- secrets
-
-def is_loopback(url: str | None) -> bool:
-    host = urlparse(url or "").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def resolve_api_key(api_key_env: str = "OPENAI_API_KEY", base_url: str | None = None) -> str:
-    """The key comes from the environment only; local servers without a key get a placeholder."""
-    key = os.environ.get(api_key_env, "").strip()
-    if key:
-        return key
-    if is_loopback(base_url or os.environ.get("OPENAI_BASE_URL")):
-        return PLACEHOLDER_KEY
-    raise ValueError(f"no API key: set the environment variable {api_key_env} (or name another one with "
-                     f"--api-key-env); only a loopback --base-url may run without a key")
-
-
-_KEY_PATTERNS = [re.compile(r"sk-[A-Za-z0-9_\-*]{6,}"), re.compile(r"(?i)(bearer\s+)\S+")]
-
-
-def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
-    """Remove the key (and anything shaped like one) from text that may reach a file or a terminal.
-
-    Provider error bodies can echo the key back ("Incorrect API key provided: sk-..."), so exception strings
-    are never stored unscrubbed.
-    """
-    for secret in secrets:
-        if secret and secret != PLACEHOLDER_KEY:
-            text = text.replace(secret, "[REDACTED]")
-    text = _KEY_PATTERNS[0].sub("[REDACTED]", text)
-    return _KEY_PATTERNS[1].sub(r"\1[REDACTED]", text)
-
-
-# ---------------------------------------------------------------------------------------------- records
-
-@dataclass
-class JudgeRequest:
-    """One judge call. `key_material` (judge name, model, template hash, inputs) decides the cache key."""
-
-    key_material: dict
-    messages: list[dict]
-    validator: Callable[[str], dict]
-
-    @property
-    def key(self) -> str:
-        return stable_hash(self.key_material)
-
-
-@dataclass
-class JudgeResult:
-    parsed: dict | None
-    error: str | None = None
-    usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
-    cached: bool = False
-    raw: str | None = None
-
-
-@dataclass
-class UsageStats:
-    """What one judge spent in this run. Cache hits cost nothing, so they add no tokens here."""
-
-    items: int = 0
-    cache_hits: int = 0
-    failures: int = 0
-    calls: int = 0  # HTTP requests sent, retries and re-asks included
-    retries: int = 0
-    reasks: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float | None = 0.0
-    wall_seconds: float = 0.0
-
-    def to_manifest(self) -> dict:
-        # Keys avoid the word "token": write_manifest refuses credential-looking keys.
-        d = asdict(self)
-        d["usage"] = {"prompt": d.pop("prompt_tokens"), "completion": d.pop("completion_tokens")}
-        return d
-
-
-@dataclass
-class ClientConfig:
-    model: str = "gpt-4o-mini"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 16
-    timeout: float = 60.0  # seconds, whole request
-    max_retries: int = 5  # on 429, 5xx, timeouts, connection errors
-    max_reasks: int = 2  # on malformed or off-schema output
-    backoff_base: float = 1.0
-    backoff_max: float = 60.0
-    temperature: float = 0.0
-    max_tokens: int | None = 512
-    json_mode: bool = False  # response_format=json_object; not every server supports it
-    cache_dir: str | Path | None = None
-    prices: dict[str, tuple[float, float]] | None = None
-
-    def price(self) -> tuple[float, float] | None:
-        table = {**DEFAULT_PRICES, **(self.prices or {})}
-        return table.get(self.model)
-
-    def key_material(self, judge: str, template_sha256: str, inputs: dict) -> dict:
-        """What decides one verdict, hence its cache key: judge, model, template, inputs, sampling settings."""
-        return {"judge": judge, "model": self.model, "template_sha256": template_sha256, "inputs": inputs,
-                "params": {"temperature": self.temperature, "max_tokens": self.max_tokens}}
-
-    def describe(self) -> dict:
-        """The endpoint settings for a judge's manifest: the key's variable name, never the key."""
-        return {"model": self.model, "base_url": self.base_url, "api_key_env": self.api_key_env,
-                "temperature": self.temperature, "max_completion_length": self.max_tokens,
-                "concurrency": self.concurrency, "timeout": self.timeout, "max_retries": self.max_retries,
-                "max_reasks": self.max_reasks, "cache_dir": str(self.cache_dir) if self.cache_dir else None,
-                "price_per_1m": self.price()}
-
-
-# ---------------------------------------------------------------------------------------------- client
-
-def parse_retry_after(headers: Any) -> float | None:
-    """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or an HTTP date); None if absent."""
-    headers = headers or {}
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) * scale
-        except ValueError:
-            date = email.utils.parsedate_tz(value)
-            if date is None:
-                continue
-            seconds = email.utils.mktime_tz(date) - time.time()
-        if math.isfinite(seconds):
-            return max(0.0, seconds)
-    return None
+class _Stopped(Exception):
+    """The run is stopping (budget): this chain ends without a result; a rerun asks it again."""
 
 
 def _httpx():
@@ -199,100 +53,167 @@ def _httpx():
 
 
 class LLMClient:
-    """Runs a batch of `JudgeRequest`s for one judge: cache, bounded concurrency, retries, re-asks."""
+    """Runs a batch of `JudgeRequest`s for one judge: cache, flow control, retries, re-asks, budget."""
 
-    def __init__(self, config: ClientConfig, name: str = "judge"):
+    def __init__(self, config: ClientConfig, name: str = "judge", log: Callable[[str], None] | None = None):
         self.config = config
         self.name = name
         self.api_key = resolve_api_key(config.api_key_env, config.base_url)
         self.cache = DiskCache(config.cache_dir) if config.cache_dir else None
         self.stats = UsageStats()
+        self.cache_problems: list[str] = []
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._httpx = _httpx()
+        if config.budget is not None and config.price() is None:
+            raise ValueError(f"--budget needs a price for model {config.model!r}: pass --price-in/--price-out")
 
     # -- public API
 
-    def run(self, requests: list[JudgeRequest], progress: bool = True) -> list[JudgeResult]:
+    def run(self, requests: list[JudgeRequest], progress: bool = True,
+            on_result: Callable[[int, JudgeResult], None] | None = None) -> list[JudgeResult]:
         """Blocking wrapper; inside a running event loop, await `arun` instead."""
-        return asyncio.run(self.arun(requests, progress=progress))
+        return asyncio.run(self.arun(requests, progress=progress, on_result=on_result))
 
-    async def arun(self, requests: list[JudgeRequest], progress: bool = True) -> list[JudgeResult]:
+    async def arun(self, requests: list[JudgeRequest], progress: bool = True,
+                   on_result: Callable[[int, JudgeResult], None] | None = None) -> list[JudgeResult]:
+        """One result per request, in order. `on_result(i, result)` is called as each one becomes final."""
         started = time.perf_counter()
         self.stats.items += len(requests)
         # Identical requests (say two samples with the same text) are asked once and share the answer.
         by_key: dict[str, list[int]] = {}
         for i, req in enumerate(requests):
             by_key.setdefault(req.key, []).append(i)
-        results: list[JudgeResult | None] = [None] * len(requests)
+        self._results: list[JudgeResult | None] = [None] * len(requests)
+        self._by_key, self._on_result = by_key, on_result
+        self._started, self._calls_at_start = time.monotonic(), self.stats.calls
+        self._progress = Progress(len(requests), self.name, enabled=progress)
         todo: list[tuple[str, JudgeRequest]] = []
         for key, idxs in by_key.items():
             req = requests[idxs[0]]
-            hit = self.cache.get(key, req.key_material) if self.cache else None
+            hit = self._cached(key, req)
             if hit is not None:
-                for i in idxs:
-                    results[i] = JudgeResult(parsed=hit["parsed"], usage=hit["usage"], cached=True, raw=hit["raw"])
+                self._finish(key, hit)
             else:
                 todo.append((key, req))
-        hits = sum(r is not None for r in results)
+        hits = sum(r is not None for r in self._results)
         self.stats.cache_hits += hits
-        calls_before, failures = self.stats.calls, 0
-
-        bar = _progress_bar(len(requests), self.name, enabled=progress)
-        bar.update(hits)
+        if self.cache_problems:
+            self.log(f"judge {self.name}: {len(self.cache_problems)} cache entr(ies) failed validation and will "
+                     f"be asked again; first: {self.cache_problems[0]}")
         try:
-            if not todo:  # all cached: no client, no connection, no call
-                return results  # type: ignore[return-value]
-            async with self._openai() as client:
-                sem = asyncio.Semaphore(self.config.concurrency)
-                tasks = [asyncio.ensure_future(self._one(client, sem, key, req)) for key, req in todo]
-                try:
-                    for fut in asyncio.as_completed(tasks):
-                        key, res = await fut
-                        for i in by_key[key]:
-                            results[i] = res
-                        if res.parsed is None:
-                            failures += len(by_key[key])
-                            self.stats.failures += len(by_key[key])
-                        elapsed = max(time.perf_counter() - started, 1e-9)
-                        bar.set_postfix({"calls/s": f"{(self.stats.calls - calls_before) / elapsed:.1f}",
-                                         "cached": hits, "failed": failures}, refresh=False)
-                        bar.update(len(by_key[key]))
-                except BaseException:
-                    # A fatal error (or Ctrl-C) stops the rest; what finished is already in the cache.
-                    for t in tasks:
-                        t.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                    raise
+            if todo:  # all cached: no client, no connection, no call
+                self.log(estimate_cost(self.config, [req.messages for _, req in todo]).line(self.name))
+                await self._run_chains(todo)
         finally:
-            bar.close()
+            self._progress.close()
             self.stats.wall_seconds += time.perf_counter() - started
-            self._update_cost()
-        return results  # type: ignore[return-value]
+            self.stats.cost_usd = self._spent()
+        return self._results  # type: ignore[return-value]
 
-    # -- internals
+    # -- scheduling
 
-    def _openai(self):
-        """The SDK client for one run (made per run: an async HTTP client is bound to its event loop)."""
-        import openai
+    async def _run_chains(self, todo: list[tuple[str, JudgeRequest]]) -> None:
+        cfg = self.config
+        self.rate = RateController(cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm)
+        self.latency = LatencyTracker(floor=cfg.deadline_floor, ceiling=cfg.timeout)
+        self._fresh = collections.deque(todo)
+        self._deferred: collections.deque[tuple[str, JudgeRequest]] = collections.deque()
+        self._stop: StopRun | None = None
+        self._reserved = 0.0
+        self._successes = 0
+        self._last_success = time.monotonic()
+        self._bad_final: collections.Counter[str] = collections.Counter()
+        async with self._openai() as client:
+            workers = [asyncio.ensure_future(self._worker(client)) for _ in range(max(1, cfg.concurrency))]
+            try:
+                done, pending = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+                for t in done:
+                    if t.exception() is not None:
+                        raise t.exception()
+            finally:
+                # A fatal error (or Ctrl-C) stops the rest; what finished is already in the cache.
+                for t in workers:
+                    t.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+        if self._stop is not None:
+            raise self._stop
 
-        n = max(1, self.config.concurrency)
-        # The pool holds every request we allow in flight, so none waits for a connection; our own retry
-        # loop counts every attempt, so the SDK must not retry behind our back (max_retries=0).
-        http_client = openai.DefaultAsyncHttpxClient(
-            limits=self._httpx.Limits(max_connections=n, max_keepalive_connections=n), timeout=self.config.timeout)
-        return openai.AsyncOpenAI(api_key=self.api_key, base_url=self.config.base_url, max_retries=0,
-                                  timeout=self.config.timeout, http_client=http_client)
+    async def _worker(self, client) -> None:
+        while self._stop is None:
+            if self._fresh:
+                key, req = self._fresh.popleft()
+            elif self._deferred:
+                key, req = self._deferred.popleft()
+                await asyncio.sleep(0.2)  # another run is asking this one: look again in a moment
+            else:
+                return
+            if self.cache is not None:
+                claimed = await asyncio.to_thread(self._claim, key, req)
+                if claimed is None:  # another live run is asking: wait for its answer, do not pay twice
+                    self._deferred.append((key, req))
+                    continue
+                if claimed is not True:  # that run finished it in the meantime
+                    self.stats.shared_waits += 1
+                    self._finish(key, claimed)
+                    continue
+            try:
+                result = await self._one(client, key, req)
+            except _Stopped:
+                continue
+            finally:
+                if self.cache is not None:
+                    self.cache.release(key)
+            self._finish(key, result)
 
-    async def _one(self, client, sem, key: str, req: JudgeRequest) -> tuple[str, JudgeResult]:
-        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    def _claim(self, key: str, req: JudgeRequest):
+        """True: ours to ask. A JudgeResult: found in the cache after all. None: a live run holds it."""
+        if not self.cache.claim(key):
+            return None
+        hit = self._cached(key, req)
+        if hit is not None:
+            self.cache.release(key)
+            return hit
+        return True
+
+    def _cached(self, key: str, req: JudgeRequest) -> JudgeResult | None:
+        if self.cache is None:
+            return None
+        entry, problem = self.cache.get(key, req.key_material, req.validator)
+        if problem:
+            self.cache_problems.append(scrub(problem, [self.api_key]))
+            self.stats.cache_rejected += 1
+        if entry is None:
+            return None
+        return JudgeResult(parsed=entry["parsed"], usage=entry["usage"], cached=True, raw=entry["raw"])
+
+    def _finish(self, key: str, result: JudgeResult) -> None:
+        idxs = self._by_key[key]
+        for i in idxs:
+            self._results[i] = result
+            if self._on_result is not None:
+                self._on_result(i, result)
+        if result.parsed is None:
+            self.stats.failures += len(idxs)
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        spent = self._spent()
+        self._progress.update(len(idxs), failed=self.stats.failures, cached=self.stats.cache_hits,
+                              **{"calls/s": f"{(self.stats.calls - self._calls_at_start) / elapsed:.1f}",
+                                 "spent": None if spent is None else f"${spent:.2f}"})
+
+    # -- one item: ask, re-ask on bad output
+
+    async def _one(self, client, key: str, req: JudgeRequest) -> JudgeResult:
+        usage = usage_dict()
         messages = list(req.messages)
         reason = ""
         for ask in range(self.config.max_reasks + 1):
             if ask:
                 self.stats.reasks += 1
             try:
-                text, call_usage = await self._request(client, sem, messages)
+                text, call_usage = await self._request(client, messages, continuation=ask > 0)
             except RequestFailed as err:
-                return key, JudgeResult(parsed=None, error=str(err), usage=usage)
+                self._check_same_failure(str(err).split(": ", 1)[-1] if str(err).startswith("gave up") else str(err))
+                return JudgeResult(parsed=None, error=str(err), usage=usage)
             for k in usage:
                 usage[k] += call_usage.get(k, 0)
             try:
@@ -310,64 +231,147 @@ class LLMClient:
                 # In a worker thread: creating a file can take ~1 ms, which would stall every other request
                 # on this event loop. Awaited, so the item counts as done only once its file exists.
                 await asyncio.to_thread(self.cache.put, key, req.key_material, result)
-            return key, result
-        return key, JudgeResult(parsed=None, usage=usage,
-                                error=f"invalid judge output after {self.config.max_reasks} re-ask(s): {reason}")
+            return result
+        return JudgeResult(parsed=None, usage=usage,
+                           error=f"invalid judge output after {self.config.max_reasks} re-ask(s): {reason}")
 
-    async def _request(self, client, sem, messages: list[dict]) -> tuple[str, dict]:
-        """One chat completion with retries; returns (content, usage) or raises RequestFailed."""
-        import openai
+    # -- one request: flow control, deadline, retries
 
+    def _body(self, messages: list[dict]) -> bytes:
         cfg = self.config
         body: dict[str, Any] = {"model": cfg.model, "messages": messages, "temperature": cfg.temperature}
         if cfg.max_tokens is not None:
             body["max_tokens"] = cfg.max_tokens
         if cfg.json_mode:
             body["response_format"] = {"type": "json_object"}
-        payload = json.dumps(body, ensure_ascii=False).encode()  # serialised once, not once per attempt
+        return json.dumps(body, ensure_ascii=False).encode()  # serialised once, not once per attempt
+
+    def _spent(self) -> float | None:
+        cost = self.config.cost(self.stats.prompt_tokens, self.stats.completion_tokens)
+        return None if cost is None else round(cost, 6)
+
+    def _reserve(self, est_prompt: int) -> float:
+        """Hold back the most this request can cost; stop the run instead if that would pass the budget."""
+        cfg = self.config
+        if cfg.budget is None:
+            return 0.0
+        worst = cfg.cost(est_prompt, cfg.max_tokens or 512) or 0.0
+        if self._stop is not None or (self._spent() or 0.0) + self._reserved + worst > cfg.budget:
+            if self._stop is None:
+                self._stop = StopRun(f"budget reached: ${self._spent() or 0:.4f} spent of ${cfg.budget:.4f}; the next "
+                                     f"request could pass it. Finished judgments are kept; rerun with a larger "
+                                     f"--budget to continue")
+            raise _Stopped
+        self._reserved += worst
+        return worst
+
+    async def _request(self, client, messages: list[dict], continuation: bool) -> tuple[str, dict]:
+        """One chat completion with retries; returns (content, usage) or raises RequestFailed."""
+        import openai
+
+        cfg = self.config
+        payload = self._body(messages)
+        est_prompt = estimate_prompt_tokens(messages)
         attempt = 0
         while True:
             retry_after = None
-            async with sem:
-                self.stats.calls += 1
-                try:
-                    # The SDK's generic `post` (its documented way to any endpoint) rather than the typed
-                    # `chat.completions.create`: same auth and error mapping, but without ~1 ms of CPU per call
-                    # checking params against TypedDicts and building pydantic models, which made the client,
-                    # not the endpoint, the bottleneck at ~300 calls/s. wait_for bounds the whole request;
-                    # the HTTP read timeout alone restarts with every byte received.
-                    resp = await asyncio.wait_for(
-                        client.post("/chat/completions", content=payload, cast_to=self._httpx.Response),
-                        timeout=cfg.timeout)
-                    data = resp.json()
-                    content = data["choices"][0]["message"]["content"]
-                    u = data.get("usage") or {}
-                    usage = {"prompt_tokens": int(u.get("prompt_tokens") or 0),
-                             "completion_tokens": int(u.get("completion_tokens") or 0)}
-                    self.stats.prompt_tokens += usage["prompt_tokens"]
-                    self.stats.completion_tokens += usage["completion_tokens"]
-                    return content if isinstance(content, str) else "", usage
-                except (asyncio.TimeoutError, openai.APITimeoutError):
-                    what = f"timed out after {cfg.timeout:g} s"
-                except openai.APIStatusError as err:
-                    status = err.status_code
-                    what = f"HTTP {status}: {self._clean(err)}"
-                    if status in (401, 403, 404):
-                        # Wrong key, no access or unknown model: every other item would fail the same way.
-                        raise FatalJudgeError(f"judge endpoint refused the request ({what})") from None
-                    if status not in (408, 409, 429) and status < 500:
-                        raise RequestFailed(what) from None
-                    retry_after = parse_retry_after(err.response.headers)
-                except openai.APIConnectionError as err:
-                    what = f"connection error: {self._clean(err)}"
-                except (ValueError, KeyError, IndexError, TypeError) as err:
-                    # A 200 whose body is not a chat completion (proxy page, truncated body): try again.
-                    what = f"malformed response: {type(err).__name__}"
+            reserved = self._reserve(est_prompt)
+            sent_at = await self.rate.acquire(CONTINUATION if continuation or attempt else FRESH,
+                                              est_prompt + (cfg.max_tokens or 0))
+            outcome = "error"
+            self.stats.calls += 1
+            try:
+                # The SDK's generic `post` (its documented way to any endpoint) rather than the typed
+                # `chat.completions.create`: same auth and error mapping, but without ~1 ms of CPU per call
+                # checking params against TypedDicts and building pydantic models.
+                resp = await self._within_deadline(
+                    client.post("/chat/completions", content=payload, cast_to=self._httpx.Response))
+                self.rate.observe_headers(resp.headers)
+                data = resp.json()
+                content = data["choices"][0]["message"]["content"]
+                u = data.get("usage") or {}
+                usage = {"prompt_tokens": int(u.get("prompt_tokens") or 0),
+                         "completion_tokens": int(u.get("completion_tokens") or 0)}
+                self.stats.prompt_tokens += usage["prompt_tokens"]
+                self.stats.completion_tokens += usage["completion_tokens"]
+                outcome = "ok"
+                self.latency.add(time.monotonic() - sent_at)
+                self._successes += 1
+                self._last_success = time.monotonic()
+                return content if isinstance(content, str) else "", usage
+            except _DeadlineCut as cut:
+                self.stats.deadline_cuts += 1
+                what = f"no answer within {cut.args[0]:.1f} s"
+            except (asyncio.TimeoutError, openai.APITimeoutError):
+                what = f"timed out after {cfg.timeout:g} s"
+            except openai.APIStatusError as err:
+                status = err.status_code
+                what = f"HTTP {status}: {self._clean(err)}"
+                self.rate.observe_headers(err.response.headers)
+                self._check_fatal(err, status, what)
+                if status == 429:
+                    outcome = "limited"
+                    self.stats.rate_limited += 1
+                    # A rate limit is not the item's fault: retry it for as long as the endpoint answers
+                    # anyone, without using up the item's retry budget.
+                    if time.monotonic() - self._last_success < cfg.rate_limit_patience:
+                        attempt -= 1
+                elif status not in (408, 409) and status < 500:
+                    raise RequestFailed(what) from None
+                retry_after = parse_retry_after(err.response.headers)
+            except openai.APIConnectionError as err:
+                what = f"connection error: {self._clean(err)}"
+            except (ValueError, KeyError, IndexError, TypeError) as err:
+                # A 200 whose body is not a chat completion (proxy page, truncated body): try again.
+                what = f"malformed response: {type(err).__name__}"
+            finally:
+                self.rate.release(outcome, sent_at)
+                self._reserved -= reserved
             if attempt >= cfg.max_retries:
                 raise RequestFailed(f"gave up after {attempt + 1} attempt(s): {what}")
             attempt += 1
             self.stats.retries += 1
-            await asyncio.sleep(self._backoff(attempt, retry_after))
+            await asyncio.sleep(self._backoff(max(attempt, 1), retry_after))
+
+    async def _within_deadline(self, coro):
+        """Await `coro`, cutting it when it runs past the current deadline (re-read as latencies come in,
+        so a request that hung before any latency was known is cut as soon as one is)."""
+        task = asyncio.ensure_future(coro)
+        start = time.monotonic()
+        try:
+            while True:
+                limit = self.latency.deadline()
+                left = start + limit - time.monotonic()
+                if left <= 0:
+                    task.cancel()
+                    raise _DeadlineCut(limit)
+                done, _ = await asyncio.wait({task}, timeout=min(left, 1.0))
+                if done:
+                    return task.result()
+        except BaseException:
+            task.cancel()
+            raise
+
+    def _check_fatal(self, err, status: int, what: str) -> None:
+        """Raise FatalJudgeError for errors every other item would hit too."""
+        if status in (401, 403, 404):
+            hint = ""
+            if status == 401 and self.api_key == PLACEHOLDER_KEY:
+                hint = "; no key was sent to this host: name the variable holding its key with --api-key-env"
+            raise FatalJudgeError(f"judge endpoint refused the request ({what}){hint}") from None
+        code = f"{getattr(err, 'code', '')} {getattr(err, 'type', '')} {what}"
+        if status == 429 and "insufficient_quota" in code:
+            raise FatalJudgeError(f"judge endpoint says the account has no quota left ({what})") from None
+
+    def _check_same_failure(self, error: str) -> None:
+        """The same final error (say a 400 for a parameter the model rejects, or an unreachable host) on the
+        first few distinct items, with nothing succeeding, would be the same for all the others: stop."""
+        if self._successes:
+            return
+        self._bad_final[error] += 1
+        if self._bad_final[error] >= self.config.fatal_400_items:
+            raise FatalJudgeError(f"the first {self._bad_final[error]} distinct items all failed the same way and "
+                                  f"nothing has succeeded: {error}")
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -380,15 +384,15 @@ class LLMClient:
     def _clean(self, err: Exception) -> str:
         return scrub(str(err), [self.api_key])[:300]
 
-    def _update_cost(self) -> None:
-        price, s = self.config.price(), self.stats
-        s.cost_usd = None if price is None else round((s.prompt_tokens * price[0]
-                                                       + s.completion_tokens * price[1]) / 1e6, 6)
+    def _openai(self):
+        """The SDK client for one run (made per run: an async HTTP client is bound to its event loop)."""
+        import openai
 
-
-def _progress_bar(total: int, name: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    # disable=None: the bar shows on a terminal only, so logs and CI output stay free of bar redraws.
-    return tqdm(total=total, desc=f"judge {name}", unit="item", disable=None if enabled else True,
-                mininterval=0.5, smoothing=0.1)
+        n = max(1, self.config.concurrency)
+        # The pool holds every request we allow in flight, so none waits for a connection; our own retry
+        # loop counts every attempt, so the SDK must not retry behind our back (max_retries=0). The base URL
+        # is always explicit, so $OPENAI_BASE_URL cannot send the key somewhere resolve_api_key did not check.
+        http_client = openai.DefaultAsyncHttpxClient(
+            limits=self._httpx.Limits(max_connections=n, max_keepalive_connections=n), timeout=self.config.timeout)
+        return openai.AsyncOpenAI(api_key=self.api_key, base_url=self.config.url, max_retries=0,
+                                  timeout=self.config.timeout, http_client=http_client)
