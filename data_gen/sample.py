@@ -4,11 +4,19 @@ Prompts are batched and left-padded (decoder-only generation continues from the 
 prompt is expanded to K sequences inside `generate` (`num_return_sequences`), identical candidates of a
 prompt are dropped, and `--shard i/n` lets N processes each take every n-th prompt and write their own
 shard file. Greedy decoding (K=1, temperature 0) is the same code path, used by evaluation.
+
+`complete_yes_no`: when every sample of a prompt is a bare yes/no answer ("Yes.", "no") and only one of the
+two was sampled, the other is added as a candidate (`"origin": "completed"`), for the judge to score like
+any other. A confident policy samples one answer to a yes/no question K times out of K, so without this such
+prompts give no preference pair at all, and the yes/no skill gets no training signal while the captions
+move the shared weights: in the toy world only 9-13 of 150 asked questions per round formed a pair, and the
+yes-ratio on absent objects crept up round after round (README, "What the demo shows").
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +41,7 @@ class SampleConfig:
     dtype: str = "float32"
     device: str | None = None
     backend: str = "hf"  # "hf" (batched transformers generate) or "vllm" (needs the vllm extra)
+    complete_yes_no: bool = False  # add the unsampled answer to yes/no prompts (module docstring)
 
     def __post_init__(self):
         if self.k < 1:
@@ -114,6 +123,24 @@ def generate_texts(model, processor, records: list[dict], k: int = 1, temperatur
     return outputs
 
 
+YES_NO = re.compile(r"^(yes|no)([.!]?)$", re.IGNORECASE)
+OPPOSITE = {"yes": "no", "no": "yes"}
+
+
+def other_answer(answers: list[str]) -> str | None:
+    """The unsampled answer of a yes/no prompt, in the samples' own spelling ("Yes." -> "No."), or None when the
+    samples are not all bare yes/no answers or already hold both."""
+    matches = [YES_NO.match(a.strip()) for a in answers]
+    if not answers or not all(matches):
+        return None
+    words = {m.group(1).lower() for m in matches}
+    if len(words) != 1:
+        return None
+    word, punct = matches[0].group(1), matches[0].group(2)
+    other = OPPOSITE[word.lower()]
+    return (other.capitalize() if word[0].isupper() else other) + punct
+
+
 def run(cfg: SampleConfig, prompts_path: str | Path, out_dir: str | Path, model=None, processor=None,
         progress: bool = True) -> Path:
     """Sample candidates for every readable prompt; returns the candidates file."""
@@ -143,7 +170,7 @@ def run(cfg: SampleConfig, prompts_path: str | Path, out_dir: str | Path, model=
             model, processor = load_policy(cfg.model, cfg.dtype, cfg.device)
         texts = generate_texts(model, processor, usable, cfg.k, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
                                cfg.batch_size, cfg.seed, desc="sampling", progress=progress)
-    candidates, duplicates = [], 0
+    candidates, duplicates, completed = [], 0, 0
     params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
               "seed": cfg.seed}
     for rec, answers in zip(usable, texts):
@@ -155,12 +182,18 @@ def run(cfg: SampleConfig, prompts_path: str | Path, out_dir: str | Path, model=
             seen.add(text)
             candidates.append({"id": f"{rec['id']}#{sample_idx}", "prompt_id": rec["id"], "sample_idx": sample_idx,
                                "text": text, "params": params, "model": str(cfg.model)})
+        other = other_answer(answers) if cfg.complete_yes_no else None
+        if other is not None:
+            completed += 1
+            candidates.append({"id": f"{rec['id']}#completed", "prompt_id": rec["id"], "sample_idx": len(answers),
+                               "text": other, "params": params, "model": str(cfg.model), "origin": "completed"})
     suffix = "" if count == 1 else f".shard-{index}-of-{count}"
     out = write_jsonl(out_dir / f"candidates{suffix}.jsonl", candidates)
     write_jsonl(out_dir / f"prompts{suffix}.jsonl", usable)
     seconds = time.time() - started
     write_manifest(out_dir, "sample", asdict(cfg), {"prompts": prompts_path}, started, extra={
         "prompts": len(usable), "skipped": skipped, "candidates": len(candidates), "duplicates_dropped": duplicates,
+        "yes_no_completed": completed,
         "candidates_per_second": round(len(usable) * cfg.k / seconds, 2) if seconds else None,
     })
     if skipped:
@@ -178,12 +211,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), type=type(default) if default is not None else str,
                             default=default)
     parser.add_argument("--no-dedupe", action="store_true", help="keep identical candidates of a prompt")
+    parser.add_argument("--complete-yes-no", action="store_true",
+                        help="add the unsampled answer to prompts whose samples are all the same bare yes/no answer")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = SampleConfig(model=args.model, k=args.k, temperature=args.temperature, top_p=args.top_p,
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
                        dedupe=not args.no_dedupe, shard=args.shard, dtype=args.dtype, device=args.device,
-                       backend=args.backend)
+                       backend=args.backend, complete_yes_no=args.complete_yes_no)
     print(run(cfg, args.prompts, args.out))
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-SECTIONS = ("model", "seed", "rounds", "toy_checkpoint", "source", "sample", "judge", "pairs", "train", "eval")
+SECTIONS = ("model", "seed", "rounds", "toy_checkpoint", "source", "sample", "judge", "pairs", "train", "eval", "gate")
 SOURCE_KEYS = {"toy_world": {"type", "split", "n", "start", "exclude_seen", "world", "qa_fraction"},
                "jsonl": {"type", "path", "max_images"}}
 TRAIN_KEYS = {"dpo", "peft", "dtype", "accelerate_config", "mdpo", "quantization", "fast"}
@@ -147,6 +147,8 @@ def resolve(raw: dict) -> dict:
     sample = {"seed": seed, **_section(raw, "sample", {})}
     cfg["sample"] = dataclasses.asdict(_dataclass("sample", SampleConfig, sample, model=cfg["model"]))
     del cfg["sample"]["model"]  # one model key for the whole recipe
+    if not cfg["sample"]["complete_yes_no"]:  # off: the stage keys runs had before the option existed
+        del cfg["sample"]["complete_yes_no"]
 
     judge = _section(raw, "judge", {"name": "grounding"})
     cfg["judge"] = {"name": "grounding", **judge}
@@ -203,7 +205,32 @@ def resolve(raw: dict) -> dict:
 
             _unknown("eval.metric", ev["metric"], set(inspect.signature(ChairMetric).parameters) - {"id_key", "caption_key"})
     cfg["eval"] = ev
+    cfg["gate"] = _check_gate(raw, cfg)
     return cfg
+
+
+def _check_gate(raw: dict, cfg: dict) -> dict | None:
+    """gate: which round `rounds: R > 1` keeps (recipes/round_gate.py), scored on validation records: the toy
+    world's val split with a toy-world eval, else `gate.source` (a jsonl source, disjoint from eval's).
+    Absent: on whenever there are rounds and an eval; null: off (the last round is kept)."""
+    from halign.recipes.round_gate import GateRule
+
+    gate = _section(raw, "gate", {})
+    if gate is None or cfg["rounds"] == 1 or cfg["eval"] is None:
+        return None
+    _unknown("gate", gate, [*GateRule.__dataclass_fields__, "source"])
+    try:
+        GateRule(**{k: v for k, v in gate.items() if k != "source"})
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"gate: {err}") from None
+    if gate.get("source") is not None:
+        gate["source"] = _check_source("gate.source", gate["source"])
+        if gate["source"]["type"] != "jsonl":
+            raise ValueError("gate.source: a toy-world run draws its own validation split; give a jsonl source here")
+    elif cfg["eval"]["source"]["type"] != "toy_world":
+        raise ValueError("gate.source is required with a jsonl eval source: validation records (disjoint from the "
+                         "eval records) to choose the round on; or gate: null to keep the last round")
+    return gate
 
 
 def _check_judge(judge: dict) -> None:
@@ -245,7 +272,8 @@ def notes(cfg: dict) -> list[str]:
     acc = cfg["train"]["accelerate_config"]
     if acc and not accelerate_config_path(acc).exists():
         out.append(f"train.accelerate_config: {acc!r}: no such file ({accelerate_config_path(acc)})")
-    for where, src in (("source", cfg["source"]), ("eval.source", (cfg["eval"] or {}).get("source"))):
+    for where, src in (("source", cfg["source"]), ("eval.source", (cfg["eval"] or {}).get("source")),
+                       ("gate.source", (cfg["gate"] or {}).get("source"))):
         if src and src["type"] == "jsonl" and not Path(src["path"]).exists():
             out.append(f"{where}.path: {src['path']} does not exist on this machine")
     return out

@@ -48,6 +48,9 @@ class DemoConfig:
     # image." (the grounding judge scores the answer against the scene's objects): keeps the short-answer
     # skill that POPE measures from drifting while the captions are aligned (see recipes/rlaif.py).
     qa_fraction: float = TOY_QA_FRACTION
+    # Yes/no prompts whose K samples all agree get the other answer as a candidate too, so every asked question
+    # can form a pair (data_gen/sample.py): without it the yes/no skill drifts (README).
+    complete_yes_no: bool = True
     gate: dict = field(default_factory=dict)  # GateRule overrides (recipes/round_gate.py)
     seed: int = 0
 
@@ -65,7 +68,8 @@ class DemoConfig:
         return RlaifConfig(
             model="toy", toy_checkpoint=dict(self.checkpoint), out=self.out, rounds=self.rounds,
             prompts_per_round=self.dpo_scenes, qa_fraction=self.qa_fraction, eval_n=self.eval_scenes,
-            val_n=self.val_scenes, gate=dict(self.gate), sample={"k": self.k, "temperature": self.temperature},
+            val_n=self.val_scenes, gate=dict(self.gate), sample={"k": self.k, "temperature": self.temperature,
+                                                       "complete_yes_no": self.complete_yes_no},
             judge="grounding", judge_options={"vocabulary": "toy", "hallucination_weight": self.hallucination_weight},
             pairs={"strategy": self.pair_strategy, "min_gap": self.min_gap, "sample_num": self.sample_num},
             dpo=dict(self.dpo), seed=self.seed)
@@ -174,6 +178,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qa-fraction", type=float, default=None,
                         help=f"fraction of each round's prompts that are yes/no existence questions "
                              f"(default {TOY_QA_FRACTION}; 0 = captions only)")
+    parser.add_argument("--no-complete-yes-no", action="store_true",
+                        help="ablation: yes/no prompts keep only their sampled answers (the yes/no skill then drifts)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the world, the checkpoint (seed 0 is shipped; "
                                                              "others are built once, ~3 min) and the alignment")
     parser.add_argument("--no-progress", action="store_true")
@@ -188,6 +194,7 @@ def main(args: argparse.Namespace) -> int:
         cfg.rounds = args.rounds
     if args.qa_fraction is not None:
         cfg.qa_fraction = args.qa_fraction
+    cfg.complete_yes_no = not args.no_complete_yes_no
     ensure_writable_dir(args.out)
     if args.json:
         ensure_writable_dir(Path(args.json).parent)

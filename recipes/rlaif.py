@@ -48,7 +48,8 @@ class RlaifConfig:
     gate: dict = field(default_factory=dict)  # GateRule overrides (metric, recall_tolerance, pope_tolerance)
     toy_checkpoint: dict = field(default_factory=dict)  # ToyCheckpointConfig overrides with model "toy"
     vocabulary: str = "toy"  # object vocabulary for evaluation ('toy' or a JSON file)
-    sample: dict = field(default_factory=lambda: {"k": 8, "temperature": 1.0})
+    # complete_yes_no: yes/no prompts get the unsampled answer as a candidate too (data_gen/sample.py)
+    sample: dict = field(default_factory=lambda: {"k": 8, "temperature": 1.0, "complete_yes_no": True})
     judge: str = "grounding"
     judge_options: dict = field(default_factory=lambda: {"vocabulary": "toy", "hallucination_weight": 2.0})
     pairs: dict = field(default_factory=lambda: {"strategy": "gap", "min_gap": 1.0, "sample_num": 2})
@@ -132,20 +133,17 @@ def eval_sets(cfg: RlaifConfig, out: Path) -> tuple[list[dict], list[dict]]:
     return test, val
 
 
-def score(policy: str, records: list[dict], cfg: RlaifConfig, folder: Path, label: str, progress: bool) -> dict:
-    """Captions scored for object hallucination and, where the records carry yes/no questions, toy POPE;
-    reports written under `folder`, flat metrics returned (POPE keys prefixed `pope_`)."""
+def score(policy: str, records: list[dict], metric, folder: Path, label: str, progress: bool) -> dict:
+    """Captions scored with `metric` (object hallucination) and, where the records carry yes/no questions, toy
+    POPE; reports written under `folder`, flat metrics returned (POPE keys prefixed `pope_`)."""
     from halign.align.model import load_policy
     from halign.recipes.evaluate import evaluate, pope_metric
-    from halign.rewards.judges.grounding import load_vocabulary
-    from halign.rewards.object_hallucination import ObjectHallucinationMetric
     from halign.rewards.toy_pope import pope_prompts
 
     model, processor = load_policy(policy)
-    metric = ObjectHallucinationMetric(load_vocabulary(cfg.vocabulary))
     captions = evaluate(model, processor, records, metric, policy, progress=progress, desc=f"scoring {label}")
-    write_json(folder / "report.json", captions)
-    metrics = {k: captions["metrics"][k] for k in CAPTION_KEYS}
+    write_json(ensure_writable_dir(folder) / "report.json", captions)
+    metrics = {k: captions["metrics"][k] for k in CAPTION_KEYS if k != "n"} | {"n": captions["n"]}
     if all(r.get("pope") for r in records):
         pope = evaluate(model, processor, pope_prompts(records), pope_metric(), policy, max_new_tokens=4,
                         progress=progress, desc=f"POPE {label}")
@@ -154,14 +152,28 @@ def score(policy: str, records: list[dict], cfg: RlaifConfig, folder: Path, labe
     return metrics
 
 
-def _scored(policy: str, records: list[dict], cfg: RlaifConfig, folder: Path, label: str, progress: bool) -> dict:
-    """`score`, reused when the folder already holds this policy's scores (a resumed run)."""
+def cached_scores(folder: Path, identity, compute) -> dict:
+    """`compute()`'s metrics, reused when `folder/scores.json` was written for the same identity (a resumed
+    run); what identifies a score: the policy, and whatever else decides it."""
     done = folder / "scores.json"
-    if done.exists() and json.loads(done.read_text())["policy"] == policy:
-        return json.loads(done.read_text())["metrics"]
-    metrics = score(policy, records, cfg, ensure_writable_dir(folder), label, progress)
-    write_json(done, {"policy": policy, "metrics": metrics})
+    if done.exists():
+        saved = json.loads(done.read_text())
+        if saved.get("identity") == identity:
+            return saved["metrics"]
+    metrics = compute()
+    write_json(ensure_writable_dir(folder) / "scores.json", {"identity": identity, "metrics": metrics})
     return metrics
+
+
+def object_metric(cfg: RlaifConfig):
+    from halign.rewards.judges.grounding import load_vocabulary
+    from halign.rewards.object_hallucination import ObjectHallucinationMetric
+
+    return ObjectHallucinationMetric(load_vocabulary(cfg.vocabulary))
+
+
+def _scored(policy: str, records: list[dict], cfg: RlaifConfig, folder: Path, label: str, progress: bool) -> dict:
+    return cached_scores(folder, policy, lambda: score(policy, records, object_metric(cfg), folder, label, progress))
 
 
 def run_round(cfg: RlaifConfig, r: int, policy: str, folder: Path, progress: bool) -> tuple[str, dict]:
@@ -209,7 +221,8 @@ def run_rlaif(cfg: RlaifConfig, progress: bool = True, log=print) -> dict:
             t0 = time.time()
             log(f"round {r + 1}/{cfg.rounds}: sample, judge, pairs, train from {policy}")
             new_policy, pairs = run_round(cfg, r, policy, ensure_writable_dir(folder), progress)
-            metrics = score(new_policy, val, cfg, folder / "validation", f"round {r + 1} (validation)", progress)
+            metrics = score(new_policy, val, object_metric(cfg), folder / "validation", f"round {r + 1} (validation)",
+                            progress)
             entry = {"round": r + 1, "policy": new_policy, "pairs": pairs["pairs"],
                      "seconds": round(time.time() - t0, 1), **metrics}
             write_json(done, entry)  # written last: a round without it is redone from scratch

@@ -74,11 +74,16 @@ def choose_round(history: list[dict], rule: GateRule) -> dict:
 
 
 def toy_validation_prompts(world, n: int, out_dir: Path, exclude: set[str], test_prompts: list[dict]) -> list[dict]:
-    """n scenes of the toy world's `val` split, none drawn like a training or a test scene."""
+    """n scenes of the toy world's `val` split, none drawn like a training or a test scene (images and
+    prompts.jsonl written to out_dir)."""
     from halign.data_gen import toy_world
 
+    from halign.data_gen.io import write_jsonl
+
     test = {toy_world.record_signature(rec) for rec in test_prompts}
-    return toy_world.write_prompts(world, "val", n, out_dir, exclude=set(exclude) | test)
+    records = toy_world.write_prompts(world, "val", n, out_dir, exclude=set(exclude) | test)
+    write_jsonl(Path(out_dir) / "prompts.jsonl", records)
+    return records
 
 
 def format_history(history: list[dict], chosen: int) -> list[str]:

@@ -11,6 +11,10 @@ The eval set is the same every round, so the rounds are comparable.
 
 LoRA rounds train a fresh adapter on the previous round's policy, then merge it into a standalone
 checkpoint (`train/merged/`) that the next round loads like any checkpoint; full fine-tuning needs no merge.
+
+With an eval, the `gate` (recipes/round_gate.py) keeps the best round, not the last: the base model and each
+round's policy are scored on validation records (`round_{r}/validation/`, `RUN/validation/round_0/`), and
+`rounds.json` names the kept round and its policy (`kept_policy`, `kept_report`).
 """
 
 from __future__ import annotations
@@ -63,10 +67,30 @@ def merge_policy(cfg: dict, round_dir: Path) -> Path:
     return merge_adapter(round_dir / "train", policy_path(cfg, round_dir), dtype=cfg["train"]["dtype"])
 
 
-def summarize(cfg: dict, run_dir: Path) -> dict:
-    """`rounds.json` (each round's policy, report and metrics; the base model's before round 1) and
-    `rounds.png` (hallucination against the round) in the run folder."""
+def validate(cfg: dict, run_dir: Path, base: str, records: list[dict], metric, progress: bool) -> list[dict]:
+    """Validation scores of the base model (round 0) and each round's policy, each reused while the policy
+    (for a round: its train stage key) and the validation records are unchanged."""
+    from halign.data_gen.io import stable_hash
+    from halign.recipes.rlaif import cached_scores, score
+
+    records_key = stable_hash(records)
+    history = []
+    for r, folder in enumerate([run_dir / "validation" / "round_0"] + [d / "validation" for d in round_dirs(cfg, run_dir)]):
+        policy = base if r == 0 else str(policy_path(cfg, folder.parent))
+        trained = None if r == 0 else json.loads((folder.parent / "train" / "stage_key.json").read_text())["key"]
+        identity = {"policy": policy, "train_key": trained, "records": records_key}
+        metrics = cached_scores(folder, identity, lambda: score(policy, records, metric, folder,
+                                                                f"round {r} (validation)", progress))
+        history.append({"round": r, "policy": policy, **metrics})
+    return history
+
+
+def summarize(cfg: dict, run_dir: Path, validation: list[dict] | None = None) -> dict:
+    """`rounds.json` (each round's policy, report and metrics; the base model's before round 1; with
+    `validation` scores, the gate's decision) and `rounds.png` (validation scores against the round, the kept
+    round marked; test scores without a gate) in the run folder."""
     from halign.recipes.rlaif import plot_rounds
+    from halign.recipes.round_gate import GateRule, choose_round
 
     dirs, ev = round_dirs(cfg, run_dir), cfg["eval"]
     rounds = []
@@ -81,8 +105,17 @@ def summarize(cfg: dict, run_dir: Path) -> dict:
         before = json.loads((dirs[0] / "eval" / "report_before.json").read_text())["metrics"]
     summary = {"rounds": rounds, "before": before, "final_policy": rounds[-1]["policy"],
                "final_report": rounds[-1].get("report")}
+    kept = None
+    if validation is not None:
+        gate = choose_round(validation, GateRule(**{k: v for k, v in cfg["gate"].items() if k != "source"}))
+        kept = gate["chosen_round"]
+        summary |= {"gate": gate, "validation": validation, "kept_round": kept,
+                    "kept_policy": validation[kept]["policy"],
+                    "kept_report": rounds[kept - 1].get("report") if kept else str(dirs[0] / "eval" / "report_before.json")}
     write_json(run_dir / "rounds.json", summary)
-    if ev is not None:
+    if validation is not None:
+        plot_rounds(validation, run_dir / "rounds.png", chosen=kept)
+    elif ev is not None:
         history = ([{"round": 0, **before}] if before else []) + [{"round": e["round"], **e["metrics"]}
                                                                   for e in rounds]
         plot_rounds(history, run_dir / "rounds.png")

@@ -207,7 +207,7 @@ def train_config(cfg: dict, round_dir: Path, ckpt: str) -> dict:
     t = cfg["train"]
     return {"model": ckpt, "pairs": str(round_dir / "pairs" / "dataset"), "output_dir": str(round_dir / "train"),
             "dpo": t["dpo"], "peft": t["peft"], "dtype": t["dtype"], "mdpo": t["mdpo"],
-            "quantization": t["quantization"]}
+            "quantization": t["quantization"], "fast": t.get("fast", True)}
 
 
 def launch_command(cfg: dict, config_json: Path) -> list[str]:
@@ -233,18 +233,13 @@ def eval_stage(cfg: dict, r: int, run_dir: Path, ckpt: str, progress: bool) -> N
     """Round r's policy on the eval set; with eval.before, against the base model (scored once, in round 1)."""
     from halign.align.model import load_policy
     from halign.recipes.compare import run_compare
-    from halign.recipes.evaluate import evaluate, toy_metric
+    from halign.recipes.evaluate import evaluate
 
     dirs = rounds.round_dirs(cfg, run_dir)
     ev, folder, before = cfg["eval"], ensure_writable_dir(dirs[r - 1] / "eval"), dirs[0] / "eval"
     seen = seen_scenes(cfg) if ev["source"]["type"] == "toy_world" and ev["source"]["exclude_seen"] else None
     prompts = read_records(write_source(cfg, ev["source"], folder / "source", seen))
-    if ev["benchmark"] == "toy":
-        metric = toy_metric()
-    else:
-        from halign.rewards.chair import ChairMetric
-
-        metric = ChairMetric(id_key="id", caption_key="text", **ev["metric"])
+    metric = eval_metric(cfg)
     kwargs = {"max_new_tokens": ev["max_new_tokens"], "batch_size": ev["batch_size"], "progress": progress}
     if ev["before"] and r == 1:  # ckpt is the recipe's model in round 1
         # The base model's report depends on the base model and eval settings only: a judge or training
@@ -262,6 +257,38 @@ def eval_stage(cfg: dict, r: int, run_dir: Path, ckpt: str, progress: bool) -> N
                                                       **kwargs))
     if ev["before"]:
         run_compare([before / "report_before.json", folder / "report_after.json"], folder / "compare")
+
+
+def eval_metric(cfg: dict):
+    """The eval section's metric: exact toy-world object hallucination, or CHAIR with the recipe's options."""
+    if cfg["eval"]["benchmark"] == "toy":
+        from halign.recipes.evaluate import toy_metric
+
+        return toy_metric()
+    from halign.rewards.chair import ChairMetric
+
+    return ChairMetric(id_key="id", caption_key="text", **cfg["eval"]["metric"])
+
+
+def validation_records(cfg: dict, run_dir: Path) -> list[dict]:
+    """What the gate scores every round on: `gate.source`, else the toy world's val split, held out from the
+    training scenes and from the eval scenes."""
+    if cfg["gate"].get("source") is not None:
+        records = read_records(write_source(cfg, cfg["gate"]["source"], run_dir / "validation" / "source"))
+        test = {r["id"] for r in read_records(rounds.round_dirs(cfg, run_dir)[0] / "eval" / "source" / "prompts.jsonl")}
+        shared = test & {r["id"] for r in records}
+        if shared:
+            raise ValueError(f"gate.source shares records with eval.source (e.g. {sorted(shared)[0]!r}): the gate "
+                             f"would choose on test data")
+        return records
+    from halign.data_gen import toy_world
+    from halign.recipes.round_gate import toy_validation_prompts
+
+    ev = cfg["eval"]["source"]
+    world = toy_world.ToyWorldConfig(**{"seed": cfg["seed"], **(ev["world"] or {})})
+    test = read_records(rounds.round_dirs(cfg, run_dir)[0] / "eval" / "source" / "prompts.jsonl")
+    return toy_validation_prompts(world, cfg["gate"].get("val_scenes", 200), run_dir / "validation" / "source",
+                                  seen_scenes(cfg), test)
 
 
 def run_recipe(recipe: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
@@ -306,10 +333,21 @@ def run_recipe(recipe: str | Path, overrides: list[str] | None = None, out: str 
                              "ran": result["ran"], "skipped": [p["folder"] for p in plan if p["action"] == "skip"],
                              "seconds": round(time.time() - started, 2)}) + "\n")
     if cfg["rounds"] > 1 and (result["ran"] or not (run_dir / "rounds.json").exists()):
-        rounds.summarize(cfg, run_dir)
+        validation = None
+        if cfg["gate"] is not None:  # score every round on validation records; the gate keeps the best
+            records = validation_records(cfg, run_dir)
+            validation = rounds.validate(cfg, run_dir, model_path(cfg), records, eval_metric(cfg), progress)
+        summary = rounds.summarize(cfg, run_dir, validation)
+        if "gate" in summary:
+            log(f"gate: {summary['gate']['reason']}; kept policy {summary['kept_policy']}")
+            result |= {"kept_policy": summary["kept_policy"], "kept_report": summary["kept_report"]}
     compare_md = dirs[-1] / "eval" / "compare" / "compare.md"
     if compare_md.exists() and plan[-1]["action"] == "run" and plan[-1]["stage"] == "eval":
         log(compare_md.read_text())  # the last round against the base model
+    if result["ran"] or not (run_dir / "report.html").exists():
+        from halign.recipes.html_runs import write_run_html
+
+        write_run_html(cfg, run_dir)  # RUN/report.html: the base model against each round, per item
     return result
 
 

@@ -170,3 +170,49 @@ def test_mixing_is_random_over_scenes_not_a_prefix(world, tmp_path):
     answers = [m["qa"]["answer"] for m in toy_world.write_prompts(world, "dpo", 200, tmp_path, qa_fraction=0.5)
                if "qa" in m]
     assert 30 < answers.count("Yes") < 70  # yes and no about equally often
+
+
+# --- completing yes/no candidates ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("answers, other", [
+    (["Yes.", "Yes."], "No."), (["no"], "yes"), (["No!", "No!"], "Yes!"),
+    (["Yes.", "No."], None),  # both sampled: nothing to add
+    (["Yes, there is a star.", "Yes."], None),  # not bare answers: the opposite is not known
+    (["a red circle."], None), ([], None),
+])
+def test_the_unsampled_answer_of_a_yes_no_prompt(answers, other):
+    from halign.data_gen.sample import other_answer
+
+    assert other_answer(answers) == other
+
+
+def test_every_asked_question_forms_a_pair_once_the_other_answer_is_a_candidate(tmp_path):
+    """A confident policy samples one answer K times out of K: without completion such a question forms no pair
+    (the yes/no skill gets no signal); with it, each question pairs the right answer against the wrong one."""
+    from halign.data_gen.pairs import run as run_pairs
+    from halign.data_gen.sample import SampleConfig, run as run_sample
+    from halign.data_gen.toy_checkpoint import get_toy_checkpoint
+    from halign.rewards.judges.cli import run_judge
+
+    world = toy_world.ToyWorldConfig()
+    asked = [r for r in toy_world.write_prompts(world, "dpo", 24, tmp_path / "w", qa_fraction=0.5) if "qa" in r]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in asked))
+    checkpoint = get_toy_checkpoint(progress=False, log=lambda *_: None)  # the shipped one: it answers yes/no
+    pairs = {}
+    for complete in (False, True):
+        out = tmp_path / f"complete_{complete}"
+        cfg = SampleConfig(model=str(checkpoint), k=3, temperature=0.05, complete_yes_no=complete)
+        candidates = run_sample(cfg, prompts, out / "sample", progress=False)
+        judgments, _, _ = run_judge("grounding", candidates, out / "judgments.jsonl", options={"vocabulary": "toy"},
+                                    progress=False)
+        try:
+            run_pairs(PairsConfig(), judgments, candidates, out / "sample" / "prompts.jsonl", out / "pairs")
+            pairs[complete] = json.loads((out / "pairs" / "summary.json").read_text())["pairs"]
+        except ValueError as err:  # not a single pair
+            assert "no preference pairs" in str(err)
+            pairs[complete] = 0
+        records = [json.loads(line) for line in candidates.read_text().splitlines()]
+        completed = [c for c in records if c.get("origin") == "completed"]
+        assert bool(completed) == complete and all(c["text"] in ("Yes.", "No.") for c in records)
+    assert pairs[False] <= 2 and pairs[True] == len(asked) == 12

@@ -27,7 +27,7 @@ TINY_REAL = ["model=toy", TINY_CKPT, "source={type: toy_world, split: dpo, n: 8}
              "train.accelerate_config=null", "train.dpo.num_train_epochs=1", "train.dpo.per_device_train_batch_size=8",
              "train.dpo.gradient_accumulation_steps=1", "train.dpo.activation_checkpointing=false",
              "train.dpo.bf16=false", "eval.source={type: toy_world, split: eval, n: 4, exclude_seen: true}",
-             "eval.max_new_tokens=32", "eval.batch_size=8"]
+             "eval.max_new_tokens=32", "eval.batch_size=8", "gate.source=null"]
 # CHAIR over the toy world's object words (the COCO synonym lists live outside the repository).
 TOY_CHAIR = "eval.metric.synonyms=[[circle], [square], [triangle], [diamond], [star], [cross]]"
 STAGES = ["sample", "judge", "pairs", "train", "eval"]

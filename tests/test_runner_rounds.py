@@ -4,6 +4,8 @@ that skip finished rounds and redo, from the earliest round a change affects, on
 import json
 from pathlib import Path
 
+import pytest
+
 from test_runner import TINY_TOY, TOY  # tests/ is on sys.path (pytest's default "prepend" import mode)
 
 from halign.recipes.runner import run_recipe
@@ -97,3 +99,39 @@ def test_toy_rounds_draw_fresh_scenes_and_a_jsonl_pool_is_reused():
     assert [rounds.round_config(toy, r)["train"]["dpo"]["seed"] for r in (1, 2, 3)] == [0, 1, 2]
     jsonl = resolve(TOY.parent / "llava15_7b_rlaifv_lora.yaml", [])
     assert all(rounds.round_config(jsonl, r)["source"] == jsonl["source"] for r in (2, 3, 4))
+
+
+def test_rounds_are_gated_on_validation_scenes_and_the_kept_round_is_named(tmp_path, tiny_checkpoint):
+    run = tmp_path / "run"
+    result = _run(run, ["gate.val_scenes=6"])
+    summary = json.loads((run / "rounds.json").read_text())
+    assert [h["round"] for h in summary["validation"]] == [0, 1, 2]
+    assert all(h["n"] == 6 and "pope_accuracy" in h for h in summary["validation"])
+    kept = summary["kept_round"]
+    assert summary["gate"]["chosen_round"] == kept and result["kept_policy"] == summary["kept_policy"]
+    assert summary["kept_policy"] == summary["validation"][kept]["policy"]
+    # Validation scenes are neither eval (test) scenes nor training scenes.
+    val = {r["id"] for r in _records(run / "validation" / "source" / "prompts.jsonl")}
+    test = {r["id"] for r in _records(run / "round_1" / "eval" / "source" / "prompts.jsonl")}
+    assert val and all(i.startswith("toy-val-") for i in val) and not val & test
+    # A rerun scores nothing again.
+    stamp = (run / "round_2" / "validation" / "scores.json").stat().st_mtime_ns
+    assert _run(run, ["gate.val_scenes=6"])["ran"] == []
+    assert (run / "round_2" / "validation" / "scores.json").stat().st_mtime_ns == stamp
+
+
+def test_gate_settings_are_checked_at_start():
+    from halign.recipes import config
+
+    def resolve(overrides, recipe=TOY):
+        return config.resolve(config.apply_overrides(config.load_recipe(recipe), overrides))
+
+    assert resolve(["rounds=1"])["gate"] is None  # one round: nothing to choose
+    assert resolve(["rounds=2", "gate=null"])["gate"] is None  # off: the last round is kept
+    assert resolve(["rounds=2"])["gate"] == {}
+    with pytest.raises(ValueError, match="unknown key gate.tolerance"):
+        resolve(["rounds=2", "gate.tolerance=0.1"])
+    with pytest.raises(ValueError, match="gate: gate metric"):
+        resolve(["rounds=2", "gate.metric=recall"])
+    with pytest.raises(ValueError, match="gate.source is required"):
+        resolve(["gate.source=null"], TOY.parent / "llava15_7b_rlaifv_lora.yaml")
