@@ -8,14 +8,21 @@ call through a schedule, and the server counts calls per item (an item is the ju
         ... base_url=server.url ...
         assert server.calls["a red cube"] == 2
 
+Like a paid API it can also admit only `rate_limit` requests/s (token bucket; 429 + Retry-After beyond, with
+`x-ratelimit-*` headers), answer every request `429 insufficient_quota` (`quota_exhausted`), or hang
+("hang" fault: `hang_seconds`). `valid_replies` counts the well-formed verdicts sold per item, so a test can
+tell how many were bought twice.
+
 Run standalone (for a benchmark in another process): `python tests/fake_judge_server.py --latency 0.2`
-prints `PORT <n>`; GET /stats returns the counts as JSON.
+prints `PORT <n>`; GET /stats returns the counts as JSON. `--fault-fraction`, `--hang-fraction` and
+`--rate-limit` set up the scattered-fault, hang and rate-limit scenarios.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import ipaddress
 import json
 import re
@@ -26,7 +33,20 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-FAULTS = ("429", "500", "slow", "truncated", "wrong_schema", "fenced", "disconnect", "401_echo", "400_echo")
+FAULTS = ("429", "500", "slow", "truncated", "wrong_schema", "fenced", "disconnect", "401_echo", "400_echo", "hang")
+
+
+def scattered(fraction: float, faults: tuple[str, ...], first_only: bool = False, seed: int = 0):
+    """A schedule: each call of each item gets one of `faults` with probability `fraction`, decided by a hash
+    of (seed, item, call number), so two runs of a scenario see the same faults."""
+
+    def schedule(item: str, n: int) -> str | None:
+        if first_only and n:
+            return None
+        h = int.from_bytes(hashlib.sha256(f"{seed}|{item}|{n}".encode()).digest()[:8], "big") / 2 ** 64
+        return faults[int(h / fraction * len(faults)) % len(faults)] if h < fraction else None
+
+    return schedule
 STOPWORDS = set("a an the is are was were there this that of in on at to and or with it its has have i see "
                 "image picture shows show".split())
 
@@ -94,13 +114,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that hangs up (a cut request, a killed run) is part of every scenario: no traceback
     request_queue_size = 512  # a burst of 64+ simultaneous connects must not overflow the listen backlog
     owner: "FakeJudgeServer"
 
 
 class FakeJudgeServer:
     def __init__(self, latency: float = 0.0, schedule: dict[str, list] | Callable[[str, int], str | None] | None = None,
-                 retry_after: float = 0.1, slow_seconds: float = 2.0, host: str = "127.0.0.1", port: int = 0):
+                 retry_after: float = 0.1, slow_seconds: float = 2.0, host: str = "127.0.0.1", port: int = 0,
+                 rate_limit: float | None = None, limit_retry_after: float = 1.0, quota_exhausted: bool = False,
+                 hang_seconds: float = 300.0):
         if not (host == "localhost" or ipaddress.ip_address(host).is_loopback):
             raise ValueError("the fake judge server only binds to loopback")
         self.latency, self.schedule = latency, schedule or {}
@@ -111,6 +136,11 @@ class FakeJudgeServer:
         self.auth_seen: set[str] = set()
         self.last_messages: dict[str, list] = {}
         self.in_flight = self.max_in_flight = 0
+        self.rate_limit, self.limit_retry_after = rate_limit, limit_retry_after
+        self.quota_exhausted, self.hang_seconds = quota_exhausted, hang_seconds
+        self._bucket, self._bucket_at = float(rate_limit or 0), time.monotonic()
+        self.limited = 0  # 429s sent by the rate limiter
+        self.valid_replies: collections.Counter = collections.Counter()  # item -> well-formed verdicts sold
         self._lock = threading.Lock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -150,7 +180,21 @@ class FakeJudgeServer:
     def snapshot(self) -> dict:
         with self._lock:
             return {"total": sum(self.calls.values()), "calls": dict(self.calls),
-                    "max_in_flight": self.max_in_flight}
+                    "max_in_flight": self.max_in_flight, "limited": self.limited,
+                    "valid_replies": dict(self.valid_replies)}
+
+    def _admit(self) -> bool:
+        """Token bucket of `rate_limit` requests/s, holding at most one second's worth (caller holds the lock)."""
+        if not self.rate_limit:
+            return True
+        now = time.monotonic()
+        self._bucket = min(self.rate_limit, self._bucket + (now - self._bucket_at) * self.rate_limit)
+        self._bucket_at = now
+        if self._bucket >= 1:
+            self._bucket -= 1
+            return True
+        self.limited += 1
+        return False
 
     # -- one request
 
@@ -171,6 +215,10 @@ class FakeJudgeServer:
             n = self.calls[item]
             self.calls[item] += 1
             fault = self._fault(item, n)
+            if self.quota_exhausted:
+                fault = "quota"
+            elif not self._admit():
+                fault = "rate_limited"
             self.log.append((item, fault))
             self.auth_seen.add(h.headers.get("Authorization", ""))
             self.last_messages[item] = messages
@@ -184,6 +232,19 @@ class FakeJudgeServer:
                 self.in_flight -= 1
 
     def _answer(self, h: _Handler, request: dict, fault, caption, response, pair) -> None:
+        if fault == "quota":
+            return h._send(429, {"error": {"message": "You exceeded your current quota, please check your plan and "
+                                                      "billing details.", "type": "insufficient_quota",
+                                           "code": "insufficient_quota"}})
+        if fault == "rate_limited":
+            return h._send(429, {"error": {"message": "Rate limit reached for requests", "type": "requests",
+                                           "code": "rate_limit_exceeded"}},
+                           {"Retry-After": f"{self.limit_retry_after:g}",
+                            "x-ratelimit-limit-requests": f"{int(self.rate_limit * 60)}",
+                            "x-ratelimit-remaining-requests": "0",
+                            "x-ratelimit-reset-requests": f"{1 / self.rate_limit:.3f}s"})
+        if fault == "hang":
+            time.sleep(self.hang_seconds)
         if fault == "429":
             return h._send(429, {"error": {"message": "rate limited", "type": "rate_limit"}},
                            {"Retry-After": f"{self.retry_after:g}"})
@@ -216,6 +277,9 @@ class FakeJudgeServer:
             content = json.dumps({"score": "high", "verdict": "ok"})
         elif fault == "fenced":
             content = f"```json\n{content}\n```"
+        if fault in (None, "fenced", "slow", "hang"):
+            with self._lock:
+                self.valid_replies[response if response is not None else f"{pair[0]} ||| {pair[1]}"] += 1
         prompt_chars = sum(len(str(m.get("content", ""))) for m in request.get("messages") or [])
         h._send(200, {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
@@ -230,8 +294,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rate-limit", type=float, help="requests/s admitted; 429 + Retry-After beyond")
+    parser.add_argument("--quota-exhausted", action="store_true", help="answer every request 429 insufficient_quota")
+    parser.add_argument("--hang-fraction", type=float, default=0.0, help="share of first attempts that hang")
+    parser.add_argument("--hang-seconds", type=float, default=300.0)
+    parser.add_argument("--fault-fraction", type=float, default=0.0,
+                        help="share of calls with a scattered fault (429, 500, slow, truncated, wrong_schema)")
+    parser.add_argument("--slow-seconds", type=float, default=2.0)
     args = parser.parse_args()
-    server = FakeJudgeServer(latency=args.latency, port=args.port).start()
+    schedule = None
+    if args.hang_fraction:
+        schedule = scattered(args.hang_fraction, ("hang",), first_only=True)
+    elif args.fault_fraction:
+        schedule = scattered(args.fault_fraction, ("429", "500", "slow", "truncated", "wrong_schema"))
+    server = FakeJudgeServer(latency=args.latency, port=args.port, rate_limit=args.rate_limit,
+                             quota_exhausted=args.quota_exhausted, hang_seconds=args.hang_seconds,
+                             slow_seconds=args.slow_seconds, schedule=schedule).start()
     print(f"PORT {server.port}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -119,6 +119,7 @@ class LLMClient:
         self._fresh = collections.deque(todo)
         self._deferred: collections.deque[tuple[str, JudgeRequest]] = collections.deque()
         self._stop: StopRun | None = None
+        self._fatal = False
         self._reserved = 0.0
         self._successes = 0
         self._last_success = time.monotonic()
@@ -139,7 +140,7 @@ class LLMClient:
             raise self._stop
 
     async def _worker(self, client) -> None:
-        while self._stop is None:
+        while self._stop is None and not self._fatal:
             if self._fresh:
                 key, req = self._fresh.popleft()
             elif self._deferred:
@@ -169,17 +170,17 @@ class LLMClient:
         """True: ours to ask. A JudgeResult: found in the cache after all. None: a live run holds it."""
         if not self.cache.claim(key):
             return None
-        hit = self._cached(key, req)
+        hit = self._cached(key, req, report=False)  # a bad entry was reported at the first look
         if hit is not None:
             self.cache.release(key)
             return hit
         return True
 
-    def _cached(self, key: str, req: JudgeRequest) -> JudgeResult | None:
+    def _cached(self, key: str, req: JudgeRequest, report: bool = True) -> JudgeResult | None:
         if self.cache is None:
             return None
         entry, problem = self.cache.get(key, req.key_material, req.validator)
-        if problem:
+        if problem and report:
             self.cache_problems.append(scrub(problem, [self.api_key]))
             self.stats.cache_rejected += 1
         if entry is None:
@@ -279,6 +280,10 @@ class LLMClient:
             sent_at = await self.rate.acquire(CONTINUATION if continuation or attempt else FRESH,
                                               est_prompt + (cfg.max_tokens or 0))
             outcome = "error"
+            if self._fatal:  # another chain hit an error that stops the run: send nothing more
+                self.rate.release(outcome, sent_at)
+                self._reserved -= reserved
+                raise _Stopped
             self.stats.calls += 1
             try:
                 # The SDK's generic `post` (its documented way to any endpoint) rather than the typed
@@ -308,7 +313,11 @@ class LLMClient:
                 status = err.status_code
                 what = f"HTTP {status}: {self._clean(err)}"
                 self.rate.observe_headers(err.response.headers)
-                self._check_fatal(err, status, what)
+                try:
+                    self._check_fatal(err, status, what)
+                except FatalJudgeError:
+                    self._fatal = True
+                    raise
                 if status == 429:
                     outcome = "limited"
                     self.stats.rate_limited += 1
@@ -370,6 +379,7 @@ class LLMClient:
             return
         self._bad_final[error] += 1
         if self._bad_final[error] >= self.config.fatal_400_items:
+            self._fatal = True
             raise FatalJudgeError(f"the first {self._bad_final[error]} distinct items all failed the same way and "
                                   f"nothing has succeeded: {error}")
 
