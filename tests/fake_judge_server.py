@@ -33,6 +33,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+from fake_batch_api import BatchAPI
+
 FAULTS = ("429", "500", "slow", "truncated", "wrong_schema", "fenced", "disconnect", "401_echo", "400_echo", "hang")
 
 
@@ -98,13 +100,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.rstrip("/") in ("/stats", "/v1/stats"):
             self._send(200, self.server.owner.snapshot())
-        else:
+        elif not self.server.owner.batch_api.route(self, "GET", self.path, b""):
             self._send(404, {"error": {"message": "not found"}})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        if not self.path.endswith("/chat/completions") and self.server.owner.batch_api.route(self, "POST", self.path,
+                                                                                             body):
+            return
         try:
-            request = json.loads(self.rfile.read(length) or b"{}")
+            request = json.loads(body or b"{}")
         except json.JSONDecodeError:
             return self._send(400, {"error": {"message": "bad json"}})
         if not self.path.endswith("/chat/completions"):
@@ -125,7 +131,7 @@ class FakeJudgeServer:
     def __init__(self, latency: float = 0.0, schedule: dict[str, list] | Callable[[str, int], str | None] | None = None,
                  retry_after: float = 0.1, slow_seconds: float = 2.0, host: str = "127.0.0.1", port: int = 0,
                  rate_limit: float | None = None, limit_retry_after: float = 1.0, quota_exhausted: bool = False,
-                 hang_seconds: float = 300.0):
+                 hang_seconds: float = 300.0, batch_seconds: float = 0.2):
         if not (host == "localhost" or ipaddress.ip_address(host).is_loopback):
             raise ValueError("the fake judge server only binds to loopback")
         self.latency, self.schedule = latency, schedule or {}
@@ -142,6 +148,7 @@ class FakeJudgeServer:
         self.limited = 0  # 429s sent by the rate limiter
         self.valid_replies: collections.Counter = collections.Counter()  # item -> well-formed verdicts sold
         self._lock = threading.Lock()
+        self.batch_api = BatchAPI(self, batch_seconds)
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -204,7 +211,7 @@ class FakeJudgeServer:
         plan = self.schedule.get(item, [])
         return plan[n] if n < len(plan) else None
 
-    def handle(self, h: _Handler, request: dict) -> None:
+    def handle(self, h: _Handler, request: dict, batch: bool = False) -> None:
         messages = request.get("messages") or []
         first_user = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
         caption = _tag(first_user, "caption") or ""
@@ -215,7 +222,9 @@ class FakeJudgeServer:
             n = self.calls[item]
             self.calls[item] += 1
             fault = self._fault(item, n)
-            if self.quota_exhausted:
+            if batch and fault not in ("truncated", "wrong_schema", "fenced", "500"):
+                fault = None  # a batch line has no connection to hang or drop, and no rate limit
+            elif self.quota_exhausted:
                 fault = "quota"
             elif not self._admit():
                 fault = "rate_limited"

@@ -373,3 +373,40 @@ def test_claims_score_is_never_negative_zero(tmp_path):
     finally:
         srv.stop()
     assert out[0]["score"] == 0.0 and math.copysign(1, out[0]["score"]) == 1
+
+
+# ---------------------------------------------------------------------------------------------- batch mode
+
+def test_batch_mode_validates_and_reasks_live(server, tmp_path):
+    prompts, cands = make_data(10)
+    bad = cands[3]["text"]
+    srv = server(batch_seconds=0.2, schedule={bad: ["wrong_schema"]})  # its batch reply is off-schema
+    judge = make_judge(srv, tmp_path, batch=True, batch_poll=0.05, price_in=1, price_out=1)
+    out = judge.judge(cands, prompts)
+    assert all(j["score"] == verdict_for(CAPTION, c["text"])["score"] for j, c in zip(out, cands))
+    assert srv.batch_api.batches_created == 1 and srv.calls[bad] == 2  # batch line, then one live call
+    assert all(srv.calls[c["text"]] == 1 for c in cands if c["text"] != bad)
+    assert judge.config.cost(1e6, 0) == 0.5  # batch price: half
+    assert not list((tmp_path / "cache" / "batches").glob("*.json"))  # read and forgotten
+
+
+def test_batch_mode_resumes_by_polling(server, tmp_path):
+    n = 12
+    srv = server(batch_seconds=3.0)
+    prompts, cands = make_data(n)
+    inp = write_inputs(tmp_path / "in", cands, prompts)
+    out = tmp_path / "out" / "judgments.jsonl"
+    args = [sys.executable, "-m", "halign.recipes.cli", *cli(srv, inp, out, "--batch", "--batch-poll", "0.1")]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while srv.batch_api.batches_created == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # it saved the batch id, and polls
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert srv.total_calls == 0  # killed before the batch was answered
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "polling" in done.stderr
+    assert srv.batch_api.batches_created == 1 and srv.total_calls == n and max(srv.calls.values()) == 1
+    assert sorted(r["candidate_id"] for r in rows(out)) == sorted(c["id"] for c in cands)

@@ -228,14 +228,16 @@ class CaptionJudge(EndpointJudge):
                  price_out: float | None = None, temperature: float = 0.0, max_tokens: int | None = 512,
                  json_mode: bool = False, backoff_base: float = 1.0, backoff_max: float = 60.0,
                  rpm: float | None = None, tpm: float | None = None, budget: float | None = None,
-                 deadline_floor: float = 10.0, template: str = "caption_judge_v1",
+                 deadline_floor: float = 10.0, batch: bool = False, batch_poll: float = 30.0,
+                 template: str = "caption_judge_v1",
                  pairwise_template: str = "caption_judge_pairwise_v1", progress: bool = True):
         self.config = client_config(model=model, base_url=base_url, api_key_env=api_key_env,
                                     concurrency=concurrency, timeout=timeout, max_retries=max_retries,
                                     max_reasks=max_reasks, cache_dir=cache_dir, prices=prices, price_in=price_in,
                                     price_out=price_out, temperature=temperature, max_tokens=max_tokens,
                                     json_mode=json_mode, backoff_base=backoff_base, backoff_max=backoff_max,
-                                    rpm=rpm, tpm=tpm, budget=budget, deadline_floor=deadline_floor)
+                                    rpm=rpm, tpm=tpm, budget=budget, deadline_floor=deadline_floor, batch=batch,
+                                    batch_poll=batch_poll)
         self.template = load_template(template)
         self.pairwise_template_name = pairwise_template
         self.progress = progress

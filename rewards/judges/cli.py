@@ -31,7 +31,7 @@ MAX_ANSWER_CHARS = 20_000  # default --max-answer-chars (~5k tokens): longer ans
 FLAG_OPTIONS = {"base_url": "base_url", "model": "model", "concurrency": "concurrency", "cache": "cache_dir",
                 "timeout": "timeout", "max_retries": "max_retries", "max_reasks": "max_reasks",
                 "api_key_env": "api_key_env", "price_in": "price_in", "price_out": "price_out",
-                "rpm": "rpm", "tpm": "tpm", "budget": "budget",
+                "rpm": "rpm", "tpm": "tpm", "budget": "budget", "batch": "batch", "batch_poll": "batch_poll",
                 "vocabulary": "vocabulary", "hallucination_weight": "hallucination_weight"}
 
 
@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     llm.add_argument("--tpm", type=float, help="tokens per minute at most (prompt estimate + max tokens)")
     llm.add_argument("--budget", type=float, help="$: stop before the output's total spend passes this; rerun "
                                                   "with a larger budget to continue")
+    llm.add_argument("--batch", action="store_true", default=None,
+                     help="submit through the OpenAI Batch API (half price on OpenAI, answers within 24 h); an "
+                          "interrupted run resumes by polling the submitted batch")
+    llm.add_argument("--batch-poll", type=float, help="seconds between two looks at a submitted batch (default 30)")
     llm.add_argument("--price-in", type=float, help="$ per 1M input tokens (estimate, spend, budget)")
     llm.add_argument("--price-out", type=float, help="$ per 1M output tokens (estimate, spend, budget)")
     offline = parser.add_argument_group("grounding judge (offline: mentions vs ground-truth objects)")

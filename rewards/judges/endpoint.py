@@ -150,6 +150,8 @@ class ClientConfig:
     tpm: float | None = None  # tokens per minute cap (prompt estimate + max_tokens per request)
     budget: float | None = None  # $: stop before spending more in this run
     fatal_400_items: int = 3  # the same 400 on this many distinct items, before any success, stops the run
+    batch: bool = False  # through the Batch API (batch.py): half price on OpenAI, answers within 24 h
+    batch_poll: float = 30.0  # seconds between two looks at a submitted batch
 
     def price(self) -> tuple[float, float] | None:
         table = {**DEFAULT_PRICES, **(self.prices or {})}
@@ -175,11 +177,14 @@ class ClientConfig:
                 "temperature": self.temperature, "max_completion_length": self.max_tokens,
                 "concurrency": self.concurrency, "timeout": self.timeout, "max_retries": self.max_retries,
                 "max_reasks": self.max_reasks, "cache_dir": str(self.cache_dir) if self.cache_dir else None,
-                "rpm": self.rpm, "tpm": self.tpm, "budget_usd": self.budget, "price_per_1m": self.price()}
+                "rpm": self.rpm, "tpm": self.tpm, "budget_usd": self.budget, "price_per_1m": self.price(),
+                "batch": self.batch}
 
     def cost(self, prompt_tokens: float, completion_tokens: float) -> float | None:
         price = self.price()
-        return None if price is None else (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
+        # OpenAI bills the Batch API at half price (the few live re-asks of a batch run are counted the same).
+        scale = 0.5 if self.batch else 1.0
+        return None if price is None else scale * (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
 
 
 def estimate_prompt_tokens(messages: list[dict]) -> int:

@@ -103,6 +103,12 @@ class LLMClient:
         try:
             if todo:  # all cached: no client, no connection, no call
                 self.log(estimate_cost(self.config, [req.messages for _, req in todo]).line(self.name))
+                if self.config.batch:
+                    from halign.rewards.judges.batch import run_batches
+
+                    async with self._openai() as client:
+                        todo = await run_batches(self, client, todo, self.config.batch_poll)
+            if todo:
                 await self._run_chains(todo)
         finally:
             self._progress.close()
