@@ -228,7 +228,7 @@ class CaptionJudge(EndpointJudge):
                  price_out: float | None = None, temperature: float = 0.0, max_tokens: int | None = 512,
                  json_mode: bool = False, backoff_base: float = 1.0, backoff_max: float = 60.0,
                  rpm: float | None = None, tpm: float | None = None, budget: float | None = None,
-                 deadline_floor: float = 10.0, batch: bool = False, batch_poll: float = 30.0,
+                 deadline_floor: float = 3.0, batch: bool = False, batch_poll: float = 30.0,
                  template: str = "caption_judge_v1",
                  pairwise_template: str = "caption_judge_pairwise_v1", progress: bool = True):
         self.config = client_config(model=model, base_url=base_url, api_key_env=api_key_env,

@@ -153,7 +153,7 @@ class ClaimsJudge:
                  cache_dir: str | Path | None = None, temperature: float = 0.0, max_tokens: int | None = 1024,
                  json_mode: bool = False, backoff_base: float = 1.0, backoff_max: float = 60.0,
                  price_in: float | None = None, price_out: float | None = None, rpm: float | None = None,
-                 tpm: float | None = None, budget: float | None = None, deadline_floor: float = 10.0,
+                 tpm: float | None = None, budget: float | None = None, deadline_floor: float = 3.0,
                  split_template: str = "claims_split_v1", verify_template: str = "claims_verify_v1",
                  progress: bool = True):
         from halign.data_gen.toy_world import QUESTION_TEMPLATE

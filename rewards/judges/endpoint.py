@@ -135,7 +135,7 @@ class ClientConfig:
     api_key_env: str | None = None  # None: OPENAI_API_KEY to the OpenAI host only, no key elsewhere
     concurrency: int = 16
     timeout: float = 60.0  # seconds, whole request: the deadline's ceiling
-    deadline_floor: float = 10.0  # seconds: the shortest latency-derived deadline
+    deadline_floor: float = 3.0  # seconds: the shortest latency-derived deadline
     max_retries: int = 5  # on 5xx, timeouts and connection errors (429 rate limits do not count)
     max_reasks: int = 2  # on malformed or off-schema output
     backoff_base: float = 1.0

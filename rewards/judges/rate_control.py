@@ -3,9 +3,9 @@
 `RateController` decides when the next request may leave:
   * a concurrency window that starts small and doubles per round of successes (slow start), so a run
     against an endpoint that refuses everything (bad key, no quota) stops after a handful of calls, not 64;
-  * a request-rate cap learnt from the endpoint: the first 429 sets it to the rate the endpoint was
-    actually admitting, every further 429 (of a request sent after the last cut) cuts it by 20%, and every
-    quiet second raises it by 5%, so the run settles just under the endpoint's limit;
+  * a request-rate cap learnt from the endpoint: when 429s become a real share of the answers (>= 10%), the
+    cap is set to 90% of the rate the endpoint was actually admitting, and every second without a cut raises
+    it by 5%, so the run settles just under the endpoint's limit (scattered 429s are only retried);
   * optional fixed caps, `--rpm` and `--tpm`, and the caps the endpoint announces in `x-ratelimit-*` headers;
   * retries and re-asks go ahead of fresh items when they wait for a slot, so unfinished chains finish first.
 
@@ -81,6 +81,7 @@ class RateController:
         self._next_request_at = 0.0
         self._next_tokens_at = 0.0
         self._ok_times: collections.deque[float] = collections.deque()
+        self._limited_times: collections.deque[float] = collections.deque()
         self._first_send: float | None = None
         self._waiters: list[tuple[int, int, asyncio.Future]] = []
         self._seq = itertools.count()
@@ -135,8 +136,7 @@ class RateController:
         now = time.monotonic()
         if outcome == "ok":
             self._ok_times.append(now)
-            while self._ok_times and self._ok_times[0] < now - RATE_WINDOW:
-                self._ok_times.popleft()
+            self._prune(now)
             if self.window < self.max_concurrency:
                 self.window += 1  # +1 per success = doubling per round trip
             if self.rate is not None and now - max(self.last_raise, self.last_cut) >= RAISE_EVERY:
@@ -144,19 +144,29 @@ class RateController:
                 self.last_raise = now
         elif outcome == "limited":
             self.limited += 1
-            if sent_at >= self.last_cut:  # one cut per round: the 429s of one burst all report the same excess
+            self._limited_times.append(now)
+            self._prune(now)
+            ok, limited = len(self._ok_times), len(self._limited_times)
+            # Cut only when 429s are a real share of the answers (>= 10% of the last 2 s): above the endpoint's
+            # limit the share grows with the excess, while a few scattered 429s (another client's burst, a busy
+            # replica) say nothing about our rate and are simply retried. One cut per round: the 429s of one
+            # burst all report the same excess.
+            if sent_at >= self.last_cut and (not ok or limited >= 0.1 * (ok + limited)):
                 # What the endpoint admitted lately: successes over the window (or over the run so far, when
                 # it is younger than the window; never over less than 0.25 s, which would overstate it).
                 span = max(0.25, min(RATE_WINDOW, now - self._first_send)) if self._first_send else RATE_WINDOW
-                admitted = len(self._ok_times) / span
-                if not self._ok_times:  # nothing admitted lately to measure: halve the window instead
+                admitted = ok / span
+                if not ok:  # nothing admitted lately to measure: halve the window instead
                     self.window = max(1, self.window // 2)
-                elif self.rate is None:
-                    self.rate = max(MIN_RATE, 0.9 * admitted)
-                else:  # cut to what was admitted, by 20% at least and by half at most
-                    self.rate = max(MIN_RATE, 0.5 * self.rate, min(0.8 * self.rate, admitted))
+                else:  # 90% of what was admitted, and never a raise
+                    self.rate = max(MIN_RATE, min(self.rate or math.inf, 0.9 * admitted))
                 self.last_cut = now
         self._release_slot()
+
+    def _prune(self, now: float) -> None:
+        for times in (self._ok_times, self._limited_times):
+            while times and times[0] < now - RATE_WINDOW:
+                times.popleft()
 
     def _release_slot(self) -> None:
         self.in_flight -= 1
