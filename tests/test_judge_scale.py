@@ -410,3 +410,26 @@ def test_batch_mode_resumes_by_polling(server, tmp_path):
     assert "polling" in done.stderr
     assert srv.batch_api.batches_created == 1 and srv.total_calls == n and max(srv.calls.values()) == 1
     assert sorted(r["candidate_id"] for r in rows(out)) == sorted(c["id"] for c in cands)
+
+
+def test_changed_inputs_or_settings_start_the_output_again(tmp_path):
+    # A recipe rerun after a config change must not continue judgments made with the old settings.
+    from halign.data_gen import toy_world
+    from halign.data_gen.io import write_jsonl
+    from halign.rewards.judges.cli import run_judge
+
+    records = toy_world.write_prompts(toy_world.ToyWorldConfig(), "dpo", 3, tmp_path / "world")
+    cands = [{"id": f"{r['id']}#0", "prompt_id": r["id"], "text": "a red circle and a star"} for r in records]
+    inp = write_jsonl(tmp_path / "sample" / "candidates.jsonl", cands)
+    write_jsonl(tmp_path / "sample" / "prompts.jsonl", records)
+    out = tmp_path / "judge" / "judgments.jsonl"
+
+    def judge(weight):
+        return run_judge("grounding", inp, out, options={"vocabulary": "toy", "hallucination_weight": weight},
+                         progress=False)
+
+    assert judge(1.0)[2]["counts"]["resumed"] == 0
+    assert judge(1.0)[2]["counts"]["resumed"] == 3  # same inputs and settings: continued (nothing left to do)
+    _, judgments, extra = judge(4.0)
+    assert extra["counts"]["resumed"] == 0 and len(rows(out)) == 3
+    assert judgments == rows(out) or sorted(map(json.dumps, judgments)) == sorted(map(json.dumps, rows(out)))

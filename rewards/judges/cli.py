@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from halign.data_gen.io import ensure_writable_dir, write_manifest
+from halign.data_gen.io import ensure_writable_dir, file_sha256, stable_hash, write_manifest
 from halign.rewards.judges import progress as progress_module
 from halign.rewards.judges.caption import failed_judgment
 from halign.rewards.judges.disk_cache import FILE_MODE, default_cache_dir
@@ -26,6 +26,9 @@ from halign.rewards.judges.registry import JUDGES, accepted_options, build_judge
 
 MAX_FAILED = 0.05  # default --max-failed: more than 5% failed candidates is a failed run (exit status 1)
 MAX_ANSWER_CHARS = 20_000  # default --max-answer-chars (~5k tokens): longer answers are cut before judging
+# Manifest options that do not change a verdict: a rerun that differs only in these continues the output.
+RUN_ONLY_OPTIONS = {"concurrency", "timeout", "max_retries", "max_reasks", "cache_dir", "rpm", "tpm", "budget_usd",
+                    "price_per_1m", "batch", "api_key_env", "agreement"}
 
 # flag dest -> judge constructor option
 FLAG_OPTIONS = {"base_url": "base_url", "model": "model", "concurrency": "concurrency", "cache": "cache_dir",
@@ -157,7 +160,12 @@ def run_judge(judge_spec: str, input_path, output, prompts_path=None, options: d
     cand_path, candidates, prompts_path, prompts = _load_inputs(input_path, prompts_path)
     options = _options(judge_spec, options or {}, progress)
     previous = _previous_manifest(out_dir)
-    log = JudgmentLog(out_path)
+    judge = build_judge(judge_spec, **options)
+    name = getattr(judge, "name", judge_spec)
+    resume_key = _resume_key(judge_spec, judge, options, cand_path, prompts_path, max_answer_chars)
+    # Continue the output only when it was made from the same inputs with the same verdict-deciding settings;
+    # otherwise (a recipe rerun after a config change, say) start it again, as a fresh run would.
+    log = JudgmentLog(out_path, fresh=(previous or {}).get("resume_key") != resume_key)
     try:
         remove_stale_temp_files(out_dir, [out_path.name, "manifest.json"])
         ids = {str(c["id"]) for c in candidates}
@@ -165,8 +173,6 @@ def run_judge(judge_spec: str, input_path, output, prompts_path=None, options: d
         if foreign:
             raise ValueError(f"{out_path} holds judgments for candidates not in {cand_path} (e.g. {foreign[0]!r}): "
                              f"it belongs to another input; give this run another --output")
-        judge = build_judge(judge_spec, **options)
-        name = getattr(judge, "name", judge_spec)
         other = {r.get("judge") for r in log.rows.values()} - {name}
         if other:
             raise ValueError(f"{out_path} holds judgments by judge {sorted(other)}, not {name!r}; give this run "
@@ -205,7 +211,7 @@ def run_judge(judge_spec: str, input_path, output, prompts_path=None, options: d
         if hasattr(judge, "on_judgment"):
             judge.on_judgment = record
         _write_manifest(out_dir, out_path, judge_spec, judge, options, cand_path, prompts_path, started, log,
-                        previous, status="running")
+                        previous, status="running", resume_key=resume_key)
         stopped = None
         try:
             for row in judge.judge(todo, prompts) if todo else []:
@@ -227,7 +233,7 @@ def run_judge(judge_spec: str, input_path, output, prompts_path=None, options: d
         judgments = [j for j in judgments if j is not None]
         extra = _write_manifest(out_dir, out_path, judge_spec, judge, options, cand_path, prompts_path, started,
                                 log, previous, status="stopped: " + str(stopped) if stopped else "done",
-                                candidates=candidates, failed=failed)
+                                candidates=candidates, failed=failed, resume_key=resume_key)
         if stopped is not None:
             raise stopped
         return out_path, judgments, extra
@@ -235,9 +241,19 @@ def run_judge(judge_spec: str, input_path, output, prompts_path=None, options: d
         log.close()
 
 
+def _resume_key(judge_spec, judge, options, cand_path, prompts_path, max_answer_chars) -> str:
+    describe = getattr(judge, "manifest_info", None) or getattr(judge, "config", None)
+    info = describe() if callable(describe) else dict(options)
+    return stable_hash({"judge": judge_spec, "options": {k: v for k, v in info.items() if k not in RUN_ONLY_OPTIONS},
+                        "inputs": [file_sha256(cand_path), file_sha256(prompts_path)],
+                        "max_answer_chars": max_answer_chars})
+
+
 def _write_manifest(out_dir, out_path, judge_spec, judge, options, cand_path, prompts_path, started, log,
-                    previous, status, candidates=(), failed=None) -> dict:
+                    previous, status, candidates=(), failed=None, resume_key=None) -> dict:
     failed = failed or {}
+    if (previous or {}).get("resume_key") != resume_key:
+        previous = None  # another input or settings: its totals are not this output's
     stats = getattr(judge, "stats", None)
     describe = getattr(judge, "manifest_info", None) or getattr(judge, "config", None)
     info = describe() if callable(describe) else dict(options)
@@ -255,7 +271,7 @@ def _write_manifest(out_dir, out_path, judge_spec, judge, options, cand_path, pr
                   "calls": int(before.get("calls", 0)) + (this["calls"] if this else 0),
                   "cost_usd": None if price is None else round(_spent(log.rows.values(), price), 6),
                   "note": "calls of runs killed before writing their manifest are not counted"}
-    extra = {"status": status, "counts": counts, "stats": this,
+    extra = {"status": status, "resume_key": resume_key, "counts": counts, "stats": this,
              "template": {"name": info.get("template"), "sha256": info.get("template_sha256")},
              "output": {"path": str(out_path), "sha256": sha, "rows": rows}}
     if status != "running":

@@ -27,7 +27,8 @@ def is_judged(row: dict) -> bool:
 
 
 class JudgmentLog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fresh: bool = False):
+        """`fresh`: start an empty file (the rows there were made from other inputs or settings)."""
         self.path = path
         self.fh = open(path, "a+b")  # created with the umask's mode, like any file the user writes
         try:
@@ -37,6 +38,8 @@ class JudgmentLog:
             raise ValueError(f"another run is writing {path}: wait for it, or give this run another --output")
         self.rows: dict[str, dict] = {}  # candidate_id -> judged row, everything in the file
         self.resumed = 0
+        if fresh:
+            self.fh.truncate(0)
         self._recover()
         self.resumed = len(self.rows)
 
