@@ -127,6 +127,17 @@ def test_retries_go_ahead_of_fresh_items():
     assert parse_duration("6m0s") == 360 and parse_duration("250ms") == 0.25 and parse_duration("1.5") == 1.5
 
 
+def test_announced_limits_cap_and_pause():
+    rc = RateController(max_concurrency=8)
+    rc.observe_headers({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "10",
+                        "x-ratelimit-limit-tokens": "60000"})
+    assert rc.request_interval() == pytest.approx(60 / (0.95 * 600))  # 5% headroom under 600/min
+    assert rc.tokens_per_second() == pytest.approx(0.95 * 1000)
+    before = time.monotonic()
+    rc.observe_headers({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "2s"})
+    assert rc.pause_until >= before + 2  # an exhausted allowance holds every request until its reset
+
+
 def test_no_quota_stops_after_a_handful_of_calls(server, tmp_path):
     srv = server(quota_exhausted=True)
     prompts, cands = make_data(200)

@@ -100,6 +100,15 @@ def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     return _KEY_PATTERNS[1].sub(r"\1[REDACTED]", text)
 
 
+def httpx_module():
+    # openai >= 3 ships on httpx2; older releases on httpx. Both expose the same Limits/AsyncClient API.
+    try:
+        import httpx2 as httpx
+    except ImportError:
+        import httpx
+    return httpx
+
+
 # ---------------------------------------------------------------------------------------------- records
 
 @dataclass

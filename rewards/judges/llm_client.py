@@ -17,21 +17,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import random
 import sys
 import time
 from typing import Any, Callable
 
 # Re-exported: judges and tests import these names from here.
 from halign.rewards.judges.disk_cache import DiskCache
-from halign.rewards.judges.endpoint import (DEFAULT_PRICES, PLACEHOLDER_KEY, ClientConfig, FatalJudgeError,  # noqa: F401
+from halign.rewards.judges.endpoint import (DEFAULT_PRICES, httpx_module, PLACEHOLDER_KEY, ClientConfig, FatalJudgeError,  # noqa: F401
                                             InvalidOutput, JudgeRequest, JudgeResult, RequestFailed, StopRun,
                                             UsageStats, estimate_cost, estimate_prompt_tokens, is_loopback,
                                             resolve_api_key, scrub, usage_dict)
 from halign.rewards.judges.progress import Progress
-from halign.rewards.judges.rate_control import LatencyTracker, RateController, parse_retry_after
+from halign.rewards.judges.rate_control import LatencyTracker, RateController, backoff_delay, parse_retry_after
 
-MAX_RETRY_AFTER = 300.0  # seconds
 FRESH, CONTINUATION = 1, 0  # slot priorities: a started chain goes first
 
 
@@ -41,15 +39,6 @@ class _DeadlineCut(Exception):
 
 class _Stopped(Exception):
     """The run is stopping (budget): this chain ends without a result; a rerun asks it again."""
-
-
-def _httpx():
-    # openai >= 3 ships on httpx2; older releases on httpx. Both expose the same Limits/AsyncClient API.
-    try:
-        import httpx2 as httpx
-    except ImportError:
-        import httpx
-    return httpx
 
 
 class LLMClient:
@@ -63,7 +52,6 @@ class LLMClient:
         self.stats = UsageStats()
         self.cache_problems: list[str] = []
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self._httpx = _httpx()
         if config.budget is not None and config.price() is None:
             raise ValueError(f"--budget needs a price for model {config.model!r}: pass --price-in/--price-out")
 
@@ -296,7 +284,7 @@ class LLMClient:
                 # `chat.completions.create`: same auth and error mapping, but without ~1 ms of CPU per call
                 # checking params against TypedDicts and building pydantic models.
                 resp = await self._within_deadline(
-                    client.post("/chat/completions", content=payload, cast_to=self._httpx.Response))
+                    client.post("/chat/completions", content=payload, cast_to=httpx_module().Response))
                 self.rate.observe_headers(resp.headers)
                 data = resp.json()
                 content = data["choices"][0]["message"]["content"]
@@ -346,7 +334,7 @@ class LLMClient:
                 raise RequestFailed(f"gave up after {attempt + 1} attempt(s): {what}")
             attempt += 1
             self.stats.retries += 1
-            await asyncio.sleep(self._backoff(max(attempt, 1), retry_after))
+            await asyncio.sleep(backoff_delay(max(attempt, 1), retry_after, cfg.backoff_base, cfg.backoff_max))
 
     async def _within_deadline(self, coro):
         """Await `coro`, cutting it when it runs past the current deadline (re-read as latencies come in,
@@ -389,14 +377,6 @@ class LLMClient:
             raise FatalJudgeError(f"the first {self._bad_final[error]} distinct items all failed the same way and "
                                   f"nothing has succeeded: {error}")
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            # The server said when; a little jitter keeps many waiting requests from returning together, and
-            # the cap keeps a bogus header from stalling the run for hours.
-            return min(retry_after, MAX_RETRY_AFTER) * (1 + 0.1 * random.random())
-        cap = min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1))
-        return cap / 2 + random.random() * cap / 2  # "equal jitter": never near zero, never in lockstep
-
     def _clean(self, err: Exception) -> str:
         return scrub(str(err), [self.api_key])[:300]
 
@@ -409,6 +389,6 @@ class LLMClient:
         # loop counts every attempt, so the SDK must not retry behind our back (max_retries=0). The base URL
         # is always explicit, so $OPENAI_BASE_URL cannot send the key somewhere resolve_api_key did not check.
         http_client = openai.DefaultAsyncHttpxClient(
-            limits=self._httpx.Limits(max_connections=n, max_keepalive_connections=n), timeout=self.config.timeout)
+            limits=httpx_module().Limits(max_connections=n, max_keepalive_connections=n), timeout=self.config.timeout)
         return openai.AsyncOpenAI(api_key=self.api_key, base_url=self.config.url, max_retries=0,
                                   timeout=self.config.timeout, http_client=http_client)

@@ -22,9 +22,11 @@ import email.utils
 import heapq
 import itertools
 import math
+import random
 import re
 import time
 
+MAX_RETRY_AFTER = 300.0  # seconds
 MIN_RATE = 0.2  # requests/s: the adaptive cap never goes below this
 RAISE_EVERY = 1.0  # seconds without a 429 between two 5% raises
 RATE_WINDOW = 2.0  # seconds of successes that measure what the endpoint admits
@@ -62,6 +64,16 @@ def parse_retry_after(headers: Any) -> float | None:
         if math.isfinite(seconds):
             return max(0.0, seconds)
     return None
+
+
+def backoff_delay(attempt: int, retry_after: float | None, base: float, cap: float) -> float:
+    """Seconds before retry number `attempt`."""
+    if retry_after is not None:
+        # The server said when; a little jitter keeps many waiting requests from returning together, and
+        # the cap keeps a bogus header from stalling the run for hours.
+        return min(retry_after, MAX_RETRY_AFTER) * (1 + 0.1 * random.random())
+    top = min(cap, base * 2 ** (attempt - 1))
+    return top / 2 + random.random() * top / 2  # "equal jitter": never near zero, never in lockstep
 
 
 class RateController:
