@@ -245,9 +245,14 @@ def attach_tracking(trainer, track: dict, processor, out: Path):
 
 def parse_value(text: str):
     """CLI override values: YAML scalars and lists (`1e-4`, `true`, `[sigmoid,sft]`)."""
+    import re
+
     import yaml
 
-    return yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot in the mantissa) as a string
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -245,3 +245,10 @@ def test_recipe_key_train_fast():
     assert "fast" not in resolve(RECIPE)["train"]  # unset: earlier recipes keep their hash
     with pytest.raises(ValueError, match="train.fast"):
         resolve({**RECIPE, "train": {"fast": "no"}})
+
+
+def test_cli_overrides_read_exponent_floats():
+    from halign.align.dpo import parse_value
+
+    assert parse_value("1e-4") == 1e-4 and parse_value("5.0e-4") == 5e-4  # YAML 1.1 alone reads "1e-4" as text
+    assert parse_value("[sigmoid,sft]") == ["sigmoid", "sft"] and parse_value("e5") == "e5"

@@ -13,9 +13,9 @@ sides, one batch of all pairs per step.
 A step is zero_grad(set_to_none) + trainer.training_step (forward + backward) + AdamW step. Steps are interleaved
 (ours, trl, trl, ours, ...) after one untimed warm-up step each, and the median of --runs is reported.
 
-Memory (CPU): peak = bytes held before the step (parameters of every model the trainer keeps, the reference
-copy included, plus optimizer state) + the step's peak RSS increase (Linux VmHWM, reset through
-/proc/self/clear_refs after malloc_trim, minus VmRSS at the step's start). On CUDA the same held bytes +
+Memory (CPU): peak = bytes held before the step (parameters and buffers of every model the trainer keeps,
+through its accelerator too, the reference copy included, plus optimizer state) + the step's peak RSS
+increase (Linux VmHWM, reset through /proc/self/clear_refs after malloc_trim, minus VmRSS at the step's start). On CUDA the same held bytes +
 torch.cuda.max_memory_allocated increase are used. The ratios are printed last.
 """
 
@@ -149,11 +149,12 @@ def _status(field: str) -> int:
 
 
 def held_bytes(trainer, optimizer) -> int:
-    tensors = list(trainer.model.parameters())
-    if trainer.ref_model is not None:
-        tensors += list(trainer.ref_model.parameters())
-    tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes of every model the trainer holds (its policy, its ref_model, and whatever its accelerator still
+    keeps prepared: trl's reference copy lives there too) plus optimizer state, each tensor counted once."""
+    models = [trainer.model, trainer.ref_model, *trainer.accelerator._models]
+    tensors = {id(t): t for m in models if m is not None for t in [*m.parameters(), *m.buffers()]}
+    tensors.update({id(v): v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)})
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def step(trainer, batch, optimizer) -> tuple[float, int, float]:
