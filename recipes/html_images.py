@@ -3,8 +3,8 @@
 Embedding keeps the page one self-contained file (it can be mailed or opened offline), so the images must
 not dominate its size: every distinct image is embedded once (items that share an image share the entry),
 and each thumbnail gets a byte budget of `total_budget / distinct images`, capped at `MAX_THUMB_BYTES`.
-A thumbnail is encoded as PNG when that fits (flat-coloured drawings such as the toy world's scenes), else as
-JPEG at decreasing quality and size until it fits. 5,000 distinct photos get about 2 KB each (a ~64 px
+A thumbnail is encoded as PNG when the image is flat-coloured (at most 256 colours, such as the toy world's
+scenes) and that fits, else as JPEG at decreasing quality and size until it fits. 5,000 distinct photos get about 2 KB each (a ~64 px
 JPEG), a few hundred get up to 24 KB (128 px).
 """
 
@@ -47,13 +47,16 @@ def thumbnail_bytes(path: Path, max_bytes: int, max_side: int = MAX_SIDE) -> tup
 
     with Image.open(path) as opened:
         image = opened.convert("RGBA" if opened.mode in ("RGBA", "LA", "P") else "RGB")
+    # PNG only for flat-coloured images (drawings, diagrams): a photo never fits, and trying costs time.
+    flat = image.getcolors(maxcolors=256) is not None
     side = max_side
     while True:
         thumb = image.copy()
         thumb.thumbnail((side, side))
-        png = _encode(thumb, "PNG")
-        if len(png) * 4 / 3 <= max_bytes:
-            return "image/png", png
+        if flat:
+            png = _encode(thumb, "PNG")
+            if len(png) * 4 / 3 <= max_bytes:
+                return "image/png", png
         for quality in (80, 65, 50, 35):
             jpeg = _encode(thumb, "JPEG", quality)
             if len(jpeg) * 4 / 3 <= max_bytes:

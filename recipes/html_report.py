@@ -158,7 +158,6 @@ def write_compare_html(html: str | Path, paths: list[Path], reports: list[dict],
                        diffs: list[dict], warnings: list[str], plot_path: Path, pope=None, judgments=None,
                        candidates=None, image_mode: str = "embed", extra_plots=()) -> Path:
     """The page for `halign compare --html` (called by run_compare, after compare.png is written)."""
-    from halign.recipes.compare import labels_for
     from halign.recipes.html_panels import pope_plot
 
     html = Path(html)
@@ -172,7 +171,7 @@ def write_compare_html(html: str | Path, paths: list[Path], reports: list[dict],
         for p, rep in zip(pope_paths, pope_reports):
             if not is_pope_report(rep):
                 raise ValueError(f"{p}: not a POPE report (per-item prediction and label, or splits)")
-        pope_pair = (pope_reports, labels_for(pope_paths))
+        pope_pair = (pope_reports, labels)  # the same models, in the same order: the same names
     search_dirs = list(dict.fromkeys(p.parent for p in paths + ([Path(p) for p in pope] if pope else [])))
     payload = build_payload(reports, labels, result, diffs, warnings, html, search_dirs, plots, pope_pair,
                             judgments, candidates, image_mode)
