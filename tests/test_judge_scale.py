@@ -92,8 +92,20 @@ def test_global_rate_limit_fails_nothing(server, tmp_path):
     assert all(j["score"] is not None for j in out) and judge.stats.failures == 0
     assert srv.limited > 0 and judge.stats.rate_limited == srv.limited
     assert srv.total_calls == 80 + srv.limited
-    assert judge.client.rate.rate is not None  # it learnt a rate instead of hammering the endpoint
+    assert judge.client.rate.request_interval() > 0  # it paces (learnt or announced limit), not hammering
     assert srv.limited < 80  # backing off together: far fewer 429s than items
+
+
+def test_rate_limit_without_announced_limits_is_learnt(server, tmp_path, monkeypatch):
+    srv = server(latency=0.02, rate_limit=40, limit_retry_after=0.3)
+    from halign.rewards.judges import rate_control
+
+    monkeypatch.setattr(rate_control.RateController, "observe_headers", lambda self, headers: None)
+    prompts, cands = make_data(80)
+    judge = make_judge(srv, tmp_path, concurrency=16, max_retries=1)
+    out = judge.judge(cands, prompts)
+    assert all(j["score"] is not None for j in out)
+    assert judge.client.rate.rate is not None and srv.limited < 80  # a cap learnt from the share of 429s
 
 
 def test_rpm_cap_paces_requests(server, tmp_path):

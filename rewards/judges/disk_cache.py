@@ -55,6 +55,17 @@ class DiskCache:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self, min_age: float = 3600.0) -> None:
+        """A run killed mid-write leaves a temp file; one older than an hour belongs to no live writer."""
+        now = time.time()
+        for tmp in self.root.glob("??/.*.tmp"):
+            try:
+                if now - tmp.stat().st_mtime > min_age:
+                    tmp.unlink()
+            except OSError:
+                pass
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"

@@ -3,7 +3,7 @@
 `RateController` decides when the next request may leave:
   * a concurrency window that starts small and doubles per round of successes (slow start), so a run
     against an endpoint that refuses everything (bad key, no quota) stops after a handful of calls, not 64;
-  * a request-rate cap learnt from the endpoint: when 429s become a real share of the answers (>= 10%), the
+  * a request-rate cap learnt from the endpoint: when 429s become a real share of the answers (>= 25%), the
     cap is set to 90% of the rate the endpoint was actually admitting, and every second without a cut raises
     it by 5%, so the run settles just under the endpoint's limit (scattered 429s are only retried);
   * optional fixed caps, `--rpm` and `--tpm`, and the caps the endpoint announces in `x-ratelimit-*` headers;
@@ -27,6 +27,8 @@ import re
 import time
 
 MAX_RETRY_AFTER = 300.0  # seconds
+CUT_SHARE = 0.25  # share of 429s among recent answers that means "over the endpoint's limit"
+CUT_MIN_ANSWERS = 20
 MIN_RATE = 0.2  # requests/s: the adaptive cap never goes below this
 RAISE_EVERY = 1.0  # seconds without a 429 between two 5% raises
 RATE_WINDOW = 2.0  # seconds of successes that measure what the endpoint admits
@@ -159,11 +161,13 @@ class RateController:
             self._limited_times.append(now)
             self._prune(now)
             ok, limited = len(self._ok_times), len(self._limited_times)
-            # Cut only when 429s are a real share of the answers (>= 10% of the last 2 s): above the endpoint's
-            # limit the share grows with the excess, while a few scattered 429s (another client's burst, a busy
-            # replica) say nothing about our rate and are simply retried. One cut per round: the 429s of one
-            # burst all report the same excess.
-            if sent_at >= self.last_cut and (not ok or limited >= 0.1 * (ok + limited)):
+            # Cut only when 429s are a real share of enough answers (>= 25% of >= 20 in the last 2 s): above the
+            # endpoint's limit the share grows with the excess, while scattered 429s (another client's burst, a
+            # busy replica) say nothing about our rate and are simply retried; cutting on them would ratchet
+            # the rate down, since each cut is measured from what we ourselves sent. One cut per round: the
+            # 429s of one burst all report the same excess.
+            real_share = ok + limited >= CUT_MIN_ANSWERS and limited >= CUT_SHARE * (ok + limited)
+            if sent_at >= self.last_cut and (not ok or real_share):
                 # What the endpoint admitted lately: successes over the window (or over the run so far, when
                 # it is younger than the window; never over less than 0.25 s, which would overstate it).
                 span = max(0.25, min(RATE_WINDOW, now - self._first_send)) if self._first_send else RATE_WINDOW
