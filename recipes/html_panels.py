@@ -69,8 +69,12 @@ def pope_panel(reports: list[dict], labels: list[str], images) -> dict:
     return {"labels": labels, "n": len(per_report[0]), "table": table, "keys": list(KEYS), "wrong": wrong}
 
 
+MAX_JUDGED_PROMPTS = 2000  # the panel is for reading examples; a 100k-call judge run must not swell the page
+
+
 def judge_panel(judgments_path: str | Path, candidates_path: str | Path | None, images) -> dict:
-    """Judgments grouped by prompt (in file order), with candidate text and prompt when candidates are given."""
+    """Judgments grouped by prompt (in file order; the first MAX_JUDGED_PROMPTS prompts), with candidate text
+    and prompt when candidates are given."""
     judgments = read_records(judgments_path)
     texts, prompts = {}, {}
     if candidates_path:
@@ -86,12 +90,12 @@ def judge_panel(judgments_path: str | Path, candidates_path: str | Path | None, 
             "cid": str(j["candidate_id"]), "score": j.get("score"), "rat": j.get("rationale") or "",
             "hal": j.get("hallucinated") or [], "err": j.get("error"), "text": texts.get(str(j["candidate_id"]))})
     out = []
-    for pid, cands in grouped.items():
+    for pid, cands in list(grouped.items())[:MAX_JUDGED_PROMPTS]:
         prompt = prompts.get(pid, {})
         image = (prompt.get("images") or [None])[0]
         out.append({"pid": pid, "q": prompt.get("question"), "img": images.add(image), "cands": cands})
     return {"path": str(judgments_path), "judge": judgments[0].get("judge") if judgments else None,
-            "n": len(judgments), "prompts": out}
+            "n": len(judgments), "n_prompts": len(grouped), "prompts": out}
 
 
 def pope_plot(panel: dict) -> bytes:

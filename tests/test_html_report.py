@@ -94,6 +94,17 @@ def test_thumbnails_stay_within_their_byte_budget(tmp_path):
     assert table.sources() == ["../images/scene0.jpg", None] and table.missing == ["missing.png"]
 
 
+def test_judge_panel_keeps_a_bounded_number_of_prompts(tmp_path, monkeypatch):
+    from halign.recipes import html_panels
+
+    judgments, candidates = write_judgments(tmp_path, [f"p{i}" for i in range(7)], k=3)
+    monkeypatch.setattr(html_panels, "MAX_JUDGED_PROMPTS", 5)
+    panel = html_panels.judge_panel(judgments, candidates, html_images.ImageTable("none", tmp_path, []))
+    assert panel["n"] == 21 and panel["n_prompts"] == 7 and [p["pid"] for p in panel["prompts"]] == \
+        [f"p{i}" for i in range(5)]
+    assert [c["cid"] for c in panel["prompts"][0]["cands"]] == ["p0#0", "p0#1", "p0#2"]
+
+
 def test_cli_writes_the_page_and_names_bad_input(tmp_path, capsys):
     paths = write_reports(tmp_path, 6, images=False)
     assert main(["compare", *map(str, paths), "--out", str(tmp_path / "c"), "--html", str(tmp_path / "r.html"),

@@ -277,7 +277,8 @@
   }
   function initJudge() {
     const J = DATA.judge;
-    $("judge-summary").textContent = `${J.n} judgments by ${J.judge || "the judge"} over ${J.prompts.length} prompts (${J.path})`;
+    const shown = J.prompts.length < J.n_prompts ? `; the first ${J.prompts.length} prompts shown` : "";
+    $("judge-summary").textContent = `${J.n} judgments by ${J.judge || "the judge"} over ${J.n_prompts} prompts (${J.path})${shown}`;
     wirePager(judgeView, { prev: "judge-prev", next: "judge-next" }, renderJudge);
     renderJudge();
   }
