@@ -256,7 +256,7 @@ def test_kills_at_random_points_then_resume(server, tmp_path):
     out = tmp_path / "out" / "judgments.jsonl"
     args = [sys.executable, "-m", "halign.recipes.cli", *cli(srv, inp, out, "--concurrency", "4",
                                                               "--max-failed", "0.2")]
-    for delay in (1.2, 1.6, 2.0):  # start-up takes ~1 s: kills land early, mid-run and late
+    for delay in (1.3, 2.0):  # start-up takes ~1 s: kills land early and mid-run (or later on a busy machine)
         proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
