@@ -11,6 +11,9 @@ tests/test_fast_dpo.py:
 (c) with max_length, only completion text is truncated; a prompt whose image tokens alone reach max_length
     is an error naming the record.
 
+The reference is trl's in every case (`_reference`); once its log-probs are attached, trl's reference copy
+(full fine-tuning) is released, the accelerator's handle included, so training holds one model.
+
 With `mdpo` set, the loss also gets mDPO's image-conditional and anchor terms (align/mdpo.py): one more
 forward per pair over its chosen answer with a corrupted image, whose reference log-prob is precomputed too.
 
@@ -94,8 +97,9 @@ class FastVisionDPOTrainer(DPOTrainer):
     # ---- (a) reference log-probs, once per everything they depend on (align/ref_cache.py) --------------------
 
     def _reference(self):
-        """(model, context) that computes trl's reference: an explicit or trl-loaded `ref_model` as given; for
-        PEFT, the policy with the "ref" adapter trl copies from a continued adapter, else with adapters off."""
+        """(model, reference adapter name, context) that computes trl's reference: an explicit or trl-loaded
+        `ref_model` as given; for PEFT, the policy with the "ref" adapter trl copies from a continued adapter
+        (a PeftModel passed in), else with every adapter off."""
         from trl.trainer.utils import use_adapter
 
         if self.ref_model is not None:
