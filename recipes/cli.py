@@ -52,6 +52,21 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Library chatter off (deprecation notices meant for library authors, per-load and per-dataset-write
+    progress bars): what a user reads is halign's own progress bars, tables and errors."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")  # a DataLoader default on machines without a GPU
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
@@ -66,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         print(f"halign {args.command}: not available in this version yet", file=sys.stderr)
         return 2
+    if args.command not in ("compare", "score"):  # the model-loading commands
+        quiet_libraries()
     try:
         return int(module.main(args) or 0)
     except KeyboardInterrupt:

@@ -181,7 +181,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-complete-yes-no", action="store_true",
                         help="ablation: yes/no prompts keep only their sampled answers (the yes/no skill then drifts)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the world, the checkpoint (seed 0 is shipped; "
-                                                             "others are built once, ~3 min) and the alignment")
+                                                             "others are built once, ~5 min) and the alignment")
     parser.add_argument("--no-progress", action="store_true")
 
 

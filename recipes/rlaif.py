@@ -266,11 +266,12 @@ def draw_rounds(ax, history: list[dict], chosen: int | None = None, title: str =
                     linestyle="--" if key == "pope_yes_ratio" else "-")
     if chosen is not None:
         ax.axvline(chosen, color="grey", alpha=0.4, linewidth=6)
-        ax.annotate(f"kept: round {chosen}", (chosen, 1.0), ha="center", fontsize=8)
+        align = "right" if chosen == rounds[-1] else "left" if chosen == rounds[0] else "center"
+        ax.text(chosen, 0.7, f"kept: round {chosen} ", ha=align, fontsize=8)
     ax.set_xticks(rounds)
     ax.set_xlabel("RLAIF round (0 = before alignment)")
     ax.set_ylim(0, 1.08)
-    ax.legend(fontsize=7, loc="center right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     ax.set_title(title)
 
 

@@ -4,7 +4,7 @@
                                           [-- extra `halign demo` flags, e.g. --no-complete-yes-no]
 
 Each seed seeds the world, the tiny checkpoint (seed 0 is shipped with the package; the others are built
-once, about 3 minutes each on 2 cores, and cached) and the alignment. The demos run one after another (two
+once, about 5 minutes each on 2 cores, and cached) and the alignment. The demos run one after another (two
 torch jobs at once slow each other down several times on 2 cores). A finished seed's report is reused on a
 rerun. Prints, and writes as markdown, min / median / max of every metric before and after (the round the
 gate kept), the machine and library versions, and per seed whether the demo's claims hold:
