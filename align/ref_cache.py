@@ -8,13 +8,15 @@ A cached reference log-prob is only right if nothing it depends on has changed, 
 - the processor: image-processor settings (mean/std, sizes, `max_pixels`), tokenizer, chat template;
 - max_length (truncation), the model dtype and the autocast setting (bf16/fp16);
 - the mDPO crop settings (the corrupted images);
-- every pair's texts and image bytes (an image file rewritten in place changes the key);
+- every pair's texts and image bytes (pairs saved again with other pixels, or an image file the dataset
+  refers to by path rewritten in place, change the key);
 - the library versions whose numerics the log-probs go through, and this cache's format version.
 
 Each part is stored, readable, in `ref_logps-<key>.json` beside `ref_logps-<key>.pt`; on a miss the parts that
 differ from the newest earlier description in the folder are named. Big inputs enter as digests (xxh3-128,
-streamed tensor by tensor and file by file, many GB/s): the main process computes the key once and the other
-ranks receive it, so no rank re-reads anything.
+streamed tensor by tensor and file by file, many GB/s): the main process computes the key once per start
+(one pass over the weights in memory and the pairs' bytes, seconds next to a reference pass) and the other
+ranks receive it instead of re-reading anything.
 
 The cache lives in the run's output folder (`<output_dir>/ref_logps`) or a folder the caller names, never
 next to the input pairs, which may be read-only or shared between runs of different models.
