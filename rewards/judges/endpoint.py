@@ -159,7 +159,6 @@ class ClientConfig:
     tpm: float | None = None  # tokens per minute cap (prompt estimate + max_tokens per request)
     budget: float | None = None  # $: stop before spending more in this run
     fatal_400_items: int = 3  # the same 400 on this many distinct items, before any success, stops the run
-    pool_size: int = 16  # HTTP connections per SDK client; more concurrency uses more clients
     batch: bool = False  # through the Batch API (batch.py): half price on OpenAI, answers within 24 h
     batch_poll: float = 30.0  # seconds between two looks at a submitted batch
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import sys
 import time
@@ -119,13 +118,8 @@ class LLMClient:
         self._successes = 0
         self._last_success = time.monotonic()
         self._bad_final: collections.Counter[str] = collections.Counter()
-        # Several SDK clients of at most `pool_size` connections each: httpcore checks every idle connection
-        # of a pool on each request, so one pool of 64 spent a third of the client's CPU on that scan.
-        n = max(1, cfg.concurrency)
-        shards = max(1, -(-n // max(1, cfg.pool_size)))
-        async with contextlib.AsyncExitStack() as stack:
-            clients = [await stack.enter_async_context(self._openai(-(-n // shards))) for _ in range(shards)]
-            workers = [asyncio.ensure_future(self._worker(clients[i % shards])) for i in range(n)]
+        async with self._openai() as client:
+            workers = [asyncio.ensure_future(self._worker(client)) for _ in range(max(1, cfg.concurrency))]
             try:
                 done, pending = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
                 for t in done:
@@ -386,11 +380,11 @@ class LLMClient:
     def _clean(self, err: Exception) -> str:
         return scrub(str(err), [self.api_key])[:300]
 
-    def _openai(self, connections: int | None = None):
-        """An SDK client for one run (made per run: an async HTTP client is bound to its event loop)."""
+    def _openai(self):
+        """The SDK client for one run (made per run: an async HTTP client is bound to its event loop)."""
         import openai
 
-        n = max(1, connections or self.config.concurrency)
+        n = max(1, self.config.concurrency)
         # The pool holds every request we allow in flight, so none waits for a connection; our own retry
         # loop counts every attempt, so the SDK must not retry behind our back (max_retries=0). The base URL
         # is always explicit, so $OPENAI_BASE_URL cannot send the key somewhere resolve_api_key did not check.

@@ -53,10 +53,9 @@ def main() -> int:
         candidates = [{"id": f"c{i}", "prompt_id": "p", "text": f"A red cube number {i} and a green cat."}
                       for i in range(args.n)]
         with tempfile.TemporaryDirectory() as cache:
-            def run(profiler=None, pool_size=16, cache_dir=cache) -> tuple[float, list[dict], CaptionJudge]:
+            def run(profiler=None) -> tuple[float, list[dict], CaptionJudge]:
                 judge = CaptionJudge(base_url=f"http://127.0.0.1:{port}/v1", model="fake",
-                                     concurrency=args.concurrency, cache_dir=cache_dir, timeout=30, progress=False)
-                judge.config.pool_size = pool_size
+                                     concurrency=args.concurrency, cache_dir=cache, timeout=30, progress=False)
                 t0 = time.perf_counter()
                 if profiler is not None:
                     profiler.enable()
@@ -70,11 +69,6 @@ def main() -> int:
                 import cProfile
 
                 profiler = cProfile.Profile()
-            # Side by side: one connection pool for all 64 requests (the SDK's usual setup) vs pools of 16.
-            with tempfile.TemporaryDirectory() as one_pool_cache:
-                cpu0 = time.process_time()
-                one_s, _, _ = run(pool_size=args.concurrency, cache_dir=one_pool_cache)
-                one_cpu = time.process_time() - cpu0
             before = server_stats(port)["total"]
             cpu0 = time.process_time()
             cold_s, cold, judge = run(profiler)
@@ -95,9 +89,6 @@ def main() -> int:
     print(f"cold: {args.n} judgments, {cold_calls['total']} calls in {cold_s:.2f} s "
           f"({cold_calls['total'] / cold_s:.0f} calls/s); latency bound {bound:.2f} s; ratio {ratio:.3f} "
           f"(target <= {args.max_ratio}); server max in flight {cold_calls['max_in_flight']}")
-    print(f"one pool of {args.concurrency} connections: {one_s:.2f} s, ratio {one_s / bound:.3f}, client CPU "
-          f"{1000 * one_cpu / args.n:.2f} ms per call; pools of 16: {cold_s:.2f} s, {1000 * cold_cpu / args.n:.2f} ms "
-          f"per call (CPU ratio {one_cpu / max(cold_cpu, 1e-9):.2f}x)")
     per_call_ms = 1000 * cold_cpu / max(cold_calls["total"], 1)
     print(f"client CPU: {cold_cpu:.2f} s for {cold_calls['total']} calls = {per_call_ms:.2f} ms per call; at "
           f"{cold_calls['total'] / cold_s:.0f} calls/s that is {cold_cpu / cold_s:.0%} of one core")
