@@ -29,7 +29,10 @@ def test_claims_and_grounding_agreement(tiny_checkpoint, tmp_path):
     claims_info = options["members"][1]
     assert claims_info["labeler"] == str(tiny_checkpoint) and claims_info["splitter"] == "objects"
     stats = options["agreement"]["grounding vs claims"]
-    judgments = [json.loads(line) for line in (tmp_path / "judge" / "judgments.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "judge" / "judgments.jsonl").read_text().splitlines()]
+    # An empty sampled answer is a failed row (never judged), so agreement covers the judged rows only.
+    judgments = [j for j in rows if j["score"] is not None]
+    assert all("answer" in j["error"] for j in rows if j["score"] is None)
     assert stats["n"] == len(judgments) == manifest["counts"]["judged"] > 0
     order = stats["order"]
     assert order["decided_by_a"] > 0 and 0.0 <= order["agree_on_a"] <= 1.0
