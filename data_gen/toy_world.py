@@ -301,7 +301,7 @@ def png_bytes(image: Image.Image) -> bytes:
 # --- export ----------------------------------------------------------------------------------------
 
 def scene_record(cfg: ToyWorldConfig, scene: Scene, image_path: str | None = None) -> dict:
-    """A prompt record in the pipeline's schema (see DESIGN.md), plus the toy world's extras."""
+    """A prompt record (id, images, question, caption, objects), plus the toy world's extras."""
     return {
         "id": scene.id,
         "images": [image_path] if image_path else [],
