@@ -18,7 +18,8 @@ With `mdpo` set, the loss also gets mDPO's image-conditional and anchor terms (a
 forward per pair over its chosen answer with a corrupted image, whose reference log-prob is precomputed too.
 
 Families that cannot take a custom 4D attention mask are refused here (`packing_unsupported`); the caller
-(`align/dpo.py`) falls back to trl's DPOTrainer for them.
+(`align/dpo.py`) falls back to trl's DPOTrainer for them. flex_attention models get the mask as a BlockMask
+(align/packing_flex.py); a model loaded with flash_attention_2 has its language model switched to flex.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from trl import DPOTrainer
 
 from halign.align.packing import CHOSEN, REJECTED, PackedPairCollator, mrope_merge_size, packing_unsupported
 from halign.align.packing_families import family_layout
+from halign.align.packing_flex import FLEX, pair_block_mask, run_flash_on_flex
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +72,13 @@ class FastVisionDPOTrainer(DPOTrainer):
         why = packing_unsupported(model)
         if why:
             raise ValueError(f"fast DPO cannot pack pairs for this model: {why}")
+        run_flash_on_flex(model)
         if data_collator is None:
-            sdpa = model.config.get_text_config()._attn_implementation == "sdpa"
+            attention = model.config.get_text_config()._attn_implementation
             data_collator = PackedPairCollator(processing_class, args.max_length,
-                                               mask_dtype=torch.bool if sdpa else model.dtype, mdpo=self.mdpo,
-                                               mrope_merge_size=mrope_merge_size(model), layout=family_layout(model))
+                                               mask_dtype=torch.bool if attention == "sdpa" else model.dtype,
+                                               mdpo=self.mdpo, mrope_merge_size=mrope_merge_size(model),
+                                               layout=family_layout(model), flex=attention == FLEX)
         elif self.mdpo is not None and getattr(data_collator, "mdpo", None) != self.mdpo:
             raise ValueError("mdpo is set but the data collator does not build corrupted-image rows with it")
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
@@ -194,8 +198,10 @@ class FastVisionDPOTrainer(DPOTrainer):
     @staticmethod
     def _sequence_logps(model, inputs):
         """(chosen_logps, rejected_logps, per-token log-probs, chosen mask, rejected mask, outputs)."""
-        kwargs = {k: v for k, v in inputs.items()
-                  if k not in ("labels", "segments", "record_names", "corrupted", *REF_KEYS, MDPO_REF_KEY)}
+        kwargs = {k: v for k, v in inputs.items() if k not in
+                  ("labels", "segments", "record_names", "corrupted", "pair_bounds", *REF_KEYS, MDPO_REF_KEY)}
+        if "attention_mask" not in kwargs:  # a flex_attention model: the mask as a block-sparse BlockMask
+            kwargs["attention_mask"] = pair_block_mask(inputs["pair_bounds"], inputs["input_ids"].shape[1])
         outputs = model(**kwargs, labels=inputs["labels"], use_cache=False, fused_lm_head=True)
         per_token = outputs.log_probs  # [b, width - 1]: log p(token t+1 | tokens <= t), 0 where not a label
         segments = inputs["segments"][:, 1:]

@@ -38,7 +38,7 @@ CHOSEN, REJECTED = 1, 2  # segment ids in `segments`; 0 = prefix, x or padding
 # each image, sliding-window layers), whose masks and positions the collator builds (packing_families.py).
 # Each is checked against trl in tests/test_fast_dpo_families.py; any other family takes trl's path.
 SUPPORTED_MODEL_TYPES = {"llava", "llava_next", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "paligemma", "gemma3"}
-SUPPORTED_ATTENTION = {"eager", "sdpa"}
+SUPPORTED_ATTENTION = {"eager", "sdpa", "flex_attention"}  # flash_attention_2 is switched to flex (packing_flex)
 # Families whose decoder uses Qwen2-VL's multimodal rope (get_rope_index in transformers' modeling_qwen2_vl.py).
 MROPE_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl"}
 
@@ -50,8 +50,13 @@ def packing_unsupported(model) -> str | None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         return f"model type {model_type!r} is not one of {sorted(SUPPORTED_MODEL_TYPES)}"
     attention = config.get_text_config()._attn_implementation
-    if attention not in SUPPORTED_ATTENTION:
-        return f"attention implementation {attention!r} ignores custom 4D masks (use eager or sdpa)"
+    if attention not in SUPPORTED_ATTENTION | {"flash_attention_2"}:
+        return f"attention implementation {attention!r} ignores custom 4D masks (use eager, sdpa or flex_attention)"
+    if attention in ("flex_attention", "flash_attention_2"):
+        from halign.align.packing_families import family_layout
+        from halign.align.packing_flex import flex_unsupported
+
+        return flex_unsupported(model, family_layout(model))
     return None
 
 
@@ -113,6 +118,8 @@ class PackedPairCollator:
     # `family_layout(model)`: PaliGemma's bidirectional prompt block and 1-indexed positions, Gemma 3's image
     # blocks and sliding-window mask; the causal default for every other family.
     layout: FamilyLayout = FamilyLayout()
+    # flex_attention models: no dense mask; the trainer builds a BlockMask from `pair_bounds` (align/packing_flex.py).
+    flex: bool = False
 
     def __post_init__(self):
         self.processor = completion_processor(self.processor)  # PaliGemma: completions through its tokenizer
@@ -215,7 +222,8 @@ class PackedPairCollator:
         position_ids = torch.zeros((rope_rows, b, width), dtype=torch.long)
         labels = torch.full((b, width), -100, dtype=torch.long)
         segments = torch.zeros((b, width), dtype=torch.long)
-        allowed = torch.zeros((b, width, width), dtype=torch.bool)
+        bounds = torch.zeros((b, 4), dtype=torch.long)  # the mask's rule in 4 numbers per row (pair_block_mask)
+        allowed = None if self.flex else torch.zeros((b, width, width), dtype=torch.bool)
         causal = torch.ones((width, width), dtype=torch.bool).tril()
         for i, (prefix, chosen, rejected) in enumerate(rows):
             n, c, r = len(prefix), len(chosen), len(rejected)
@@ -233,6 +241,9 @@ class PackedPairCollator:
                                                   last + 1 + torch.arange(r)], dim=1)
             labels[i, n:x], labels[i, x + 1:end] = chosen, rejected
             segments[i, n:x], segments[i, x + 1:end] = CHOSEN, REJECTED
+            bounds[i] = torch.tensor([n, x, end, n if self.layout.bidirectional_prefix else 0])
+            if allowed is None:
+                continue
             allowed[i, :end, :end] = causal[:end, :end]
             if self.layout.bidirectional_prefix:  # prefix-LM: the prompt sees all of itself, still nothing after it
                 allowed[i, :n, :n] = True
@@ -241,11 +252,13 @@ class PackedPairCollator:
             allowed[i, x:end, n - 1:x] = False  # x and rejected: not the last prefix token, not chosen
             idx = torch.arange(end, width)
             allowed[i, idx, idx] = True  # padding rows see themselves only: finite softmax, never read
-        masks = layer_masks(allowed, position_ids[0], self.layout)  # Gemma 3: {full, sliding} masks
-        mask = {k: self._as_mask(v) for k, v in masks.items()} if isinstance(masks, dict) else self._as_mask(masks)
-        position_ids = position_ids[0] if prefix_positions is None else position_ids  # (b, width) or (3, b, width)
-        return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids, "labels": labels,
-                "segments": segments}
+        batch = {"input_ids": input_ids, "labels": labels, "segments": segments, "pair_bounds": bounds}
+        if allowed is not None:
+            masks = layer_masks(allowed, position_ids[0], self.layout)  # Gemma 3: {full, sliding} masks
+            batch["attention_mask"] = ({k: self._as_mask(v) for k, v in masks.items()} if isinstance(masks, dict)
+                                       else self._as_mask(masks))
+        batch["position_ids"] = position_ids[0] if prefix_positions is None else position_ids  # (b, w) or (3, b, w)
+        return batch
 
     def _as_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """(b, 1, w, w) attention mask from the (b, w, w) allowed pairs."""

@@ -191,12 +191,17 @@ def test_families_without_custom_masks_fall_back():
     from tiny_models import FAMILIES, build_family
 
     from halign.align.packing import SUPPORTED_MODEL_TYPES, packing_unsupported
+    from halign.align.packing_flex import run_flash_on_flex
 
     assert set(FAMILIES) <= SUPPORTED_MODEL_TYPES  # every tested family packs (tests/test_fast_dpo_families.py)
     model, _ = build_family("llava", with_processor=False)
     assert packing_unsupported(model) is None
     model.config.get_text_config()._attn_implementation = "flash_attention_2"  # ignores custom 4D masks
-    assert "flash_attention_2" in packing_unsupported(model)
+    assert packing_unsupported(model) is None  # ...so its language model is switched to flex_attention
+    assert run_flash_on_flex(model) and model.config.get_text_config()._attn_implementation == "flex_attention"
+    qwen, _ = build_family("qwen2_5_vl", with_processor=False)
+    qwen.config.get_text_config()._attn_implementation = "flash_attention_2"  # no flex in transformers: trl's path
+    assert "no flex_attention" in packing_unsupported(qwen)
     model.config.get_text_config()._attn_implementation = "sdpa"
     model.config.model_type = "mllama"  # a family never checked against trl
     assert "mllama" in packing_unsupported(model)
