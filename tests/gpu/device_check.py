@@ -228,7 +228,7 @@ def check_zero(ctx, stage: str) -> dict:
     argv = [sys.executable, "-c", code, "train", "--model", str(ctx["ckpt"]["llava"]), "--pairs", str(ctx["pairs"]["llava"]),
             "--out", str(out), "--accelerate-config", stage, "--num-processes", "1", "dpo.max_steps=2",
             "dpo.per_device_train_batch_size=2", "dpo.logging_steps=1", "dpo.bf16=true"]
-    result = run_subprocess(argv, timeout=150)
+    result = run_subprocess(argv, timeout=ctx["subprocess_timeout"]())
     manifest = json.loads((out / "manifest.json").read_text())
     return {**result, "steps": manifest.get("steps"), "mode": manifest.get("mode"),
             "note": "trl's trainer: align/dpo.py does not run the fast path under DeepSpeed yet"}
@@ -244,7 +244,7 @@ def check_qlora(ctx) -> dict:
             "dpo={'max_steps': 1, 'per_device_train_batch_size': 2}), progress=False); "
             "print(json.dumps(json.loads((out / 'manifest.json').read_text())['steps']))")
     result = run_subprocess([sys.executable, "-c", code, str(ctx["ckpt"]["llava"]), str(ctx["pairs"]["llava"]),
-                             str(ctx["tmp"] / "qlora")], timeout=150)
+                             str(ctx["tmp"] / "qlora")], timeout=ctx["subprocess_timeout"]())
     return result
 
 
@@ -317,6 +317,15 @@ def ratios(checks: dict) -> dict:
     return found
 
 
+def write_summary(out: Path, args, device: str, sizes: dict, checks: dict, started: float) -> dict:
+    summary = {"mode": "smoke (CPU, tiny sizes)" if args.smoke else f"full ({device})",
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": time.perf_counter() - started,
+               "environment": environment(), "sizes": sizes, "checks": checks, "ratios": ratios(checks)}
+    (out / "device_check.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "device_check.md").write_text(markdown(summary))
+    return summary
+
+
 def main(argv=None) -> int:
     import tempfile
 
@@ -349,6 +358,9 @@ def main(argv=None) -> int:
             except Exception:
                 checks[f"build/{family}"] = {"error": traceback.format_exc()}
                 ctx["families"].remove(family)
+        # A launched training may take at most what is left of the budget (and 150 s): the summary must be written
+        # before device_check.sh's 8-minute cap.
+        ctx["subprocess_timeout"] = lambda: int(max(10, min(150, args.budget_s - (time.perf_counter() - started))))
         for name, run in plan(ctx):
             if args.only and not any(name.startswith(p) for p in args.only.split(",")):
                 continue
@@ -367,12 +379,8 @@ def main(argv=None) -> int:
                 release()
             checks[name]["check_s"] = round(time.perf_counter() - check_started, 1)
             print(f"[device_check] {name}: {json.dumps(checks[name], default=str)[:300]}", flush=True)
-    summary = {"mode": "smoke (CPU, tiny sizes)" if args.smoke else f"full ({device})",
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": time.perf_counter() - started,
-               "environment": environment(), "sizes": sizes, "checks": checks, "ratios": ratios(checks)}
-    (out / "device_check.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "device_check.md").write_text(markdown(summary))
-    print(markdown(summary))
+            write_summary(out, args, device, sizes, checks, started)  # after every check: a cut-off run keeps its results
+    print(markdown(write_summary(out, args, device, sizes, checks, started)))
     return 0
 
 
