@@ -32,33 +32,42 @@ def read_records(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise RecordError(f"{path}:{line}: not UTF-8 (byte {raw[err.start]:#04x} at offset {err.start})") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as err:
-            raise RecordError(f"{path}: not valid JSON ({err})") from None
+            raise RecordError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
                 raise RecordError(f"{path}: item {i} is a {type(rec).__name__}, expected an object")
         return records
-    return list(iter_jsonl(path))
+    return list(_parse_jsonl(path, text.splitlines()))
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
     path = Path(path)
     with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(rec, dict):
-                raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            yield rec
+        yield from _parse_jsonl(path, fh)
+
+
+def _parse_jsonl(path: Path, lines) -> Iterator[dict]:
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RecordError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(rec, dict):
+            raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        yield rec
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:

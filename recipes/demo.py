@@ -145,7 +145,7 @@ def plot(report: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from halign.recipes.rlaif import draw_rounds
+    from halign.recipes.rlaif import draw_rounds, save_figure
 
     labels = [label for label, _ in BARS] + [label for label, _ in POPE_BARS]
     values = {side: [report[side][k] for _, k in BARS] + [report["pope"][side][k] for _, k in POPE_BARS]
@@ -163,10 +163,7 @@ def plot(report: dict, path: Path) -> Path:
     ax.legend(loc="upper left", fontsize=8)
     draw_rounds(axes[1], report["rounds"], chosen=kept,
                 title=f"validation ({report['validation_n']} other scenes) per round")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -283,6 +283,12 @@ def plot_rounds(history: list[dict], path: Path, chosen: int | None = None) -> P
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     draw_rounds(ax, history, chosen)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

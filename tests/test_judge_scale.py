@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from fake_judge_server import FakeJudgeServer, scattered, verdict_for
+from fake_judge_server import scattered, verdict_for
+from judge_fixtures import private_cache, server  # noqa: F401 (fixtures)
 from halign.rewards.judges.caption import CaptionJudge
 from halign.rewards.judges.endpoint import FatalJudgeError, resolve_api_key
 from halign.rewards.judges.judgment_log import JudgmentLog
@@ -28,26 +29,6 @@ from halign.rewards.judges.registry import build_judge
 SENTINEL = "sk-test-SENTINEL-0123456789abcdef"
 CAPTION = "A red cube sits next to a blue ball on a wooden table."
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HALIGN_CACHE", str(tmp_path / "halign_cache"))
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-
-
-@pytest.fixture
-def server():
-    servers = []
-
-    def start(**kw):
-        kw.setdefault("latency", 0.005)
-        servers.append(FakeJudgeServer(**kw).start())
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 def make_data(n: int):

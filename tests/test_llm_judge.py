@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fake_judge_server import FakeJudgeServer, verdict_for
+from fake_judge_server import verdict_for
+from judge_fixtures import private_cache, server  # noqa: F401 (fixtures)
 from halign.rewards.judges.caption import (CaptionJudge, InvalidOutput, load_template, parse_pairwise_verdict,
                                            parse_verdict, question_text)
 from halign.rewards.judges.llm_client import FatalJudgeError, resolve_api_key, scrub
@@ -31,27 +32,6 @@ def make_data(n: int, prompt_id: str = "p0"):
     candidates = [{"id": f"c{i}", "prompt_id": prompt_id, "sample_idx": i, "model": "toy",
                    "text": f"I see a {words[i % len(words)]} number {i}."} for i in range(n)]
     return prompts, candidates
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """The judge CLI's default cache lives under $HALIGN_CACHE: never the user's own cache in tests."""
-    monkeypatch.setenv("HALIGN_CACHE", str(tmp_path / "halign_cache"))
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-
-
-@pytest.fixture
-def server():
-    servers = []
-
-    def start(**kw):
-        kw.setdefault("latency", 0.005)
-        servers.append(FakeJudgeServer(**kw).start())
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 def make_judge(srv, tmp_path, **kw):

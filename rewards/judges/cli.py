@@ -15,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from halign.data_gen.io import ensure_writable_dir, file_sha256, stable_hash, write_manifest
+from halign.data_gen.io import ensure_writable_dir, file_sha256, read_records, stable_hash, write_manifest
 from halign.rewards.judges import progress as progress_module
 from halign.rewards.judges.caption import failed_judgment
 from halign.rewards.judges.disk_cache import FILE_MODE, default_cache_dir
 from halign.rewards.judges.endpoint import FatalJudgeError, StopRun
 from halign.rewards.judges.judgment_log import (JudgmentLog, answer_problem, duplicates, is_judged,
-                                                read_jsonl_checked, remove_stale_temp_files)
+                                                remove_stale_temp_files)
 from halign.rewards.judges.registry import JUDGES, accepted_options, build_judge, judge_class
 
 MAX_FAILED = 0.05  # default --max-failed: more than 5% failed candidates is a failed run (exit status 1)
@@ -90,7 +90,7 @@ def _output_path(output: str) -> Path:
 
 def _load_inputs(input_path, prompts_arg) -> tuple[Path, list[dict], Path, dict[str, dict]]:
     cand_path = Path(input_path)
-    candidates = read_jsonl_checked(cand_path)
+    candidates = read_records(cand_path)
     for i, cand in enumerate(candidates):
         if "id" not in cand or "prompt_id" not in cand:
             raise ValueError(f"{cand_path}: record {i + 1} lacks 'id' or 'prompt_id'")
@@ -101,7 +101,7 @@ def _load_inputs(input_path, prompts_arg) -> tuple[Path, list[dict], Path, dict[
     if not prompts_path.exists():
         raise FileNotFoundError(f"prompts file not found: {prompts_path} (the sampling stage writes it next to "
                                 f"candidates.jsonl; pass --prompts PATH otherwise)")
-    records = read_jsonl_checked(prompts_path)
+    records = read_records(prompts_path)
     for i, rec in enumerate(records):
         if "id" not in rec:
             raise ValueError(f"{prompts_path}: prompt record {i + 1} lacks 'id'")

@@ -19,7 +19,6 @@ import json
 import os
 from pathlib import Path
 
-from halign.data_gen.io import RecordError
 
 
 def is_judged(row: dict) -> bool:
@@ -108,39 +107,6 @@ def remove_stale_temp_files(folder: Path, names: list[str]) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-
-def read_jsonl_checked(path: Path) -> list[dict]:
-    """JSONL (or one JSON list) with errors that name the file and the line, decoding errors included."""
-    if not path.exists():
-        raise FileNotFoundError(f"input file not found: {path}")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[:err.start].count(b"\n") + 1
-        raise RecordError(f"{path}:{line}: not UTF-8 (byte {raw[err.start]:#04x} at offset {err.start})") from None
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise RecordError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-        bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
-        if bad is not None:
-            raise RecordError(f"{path}: item {bad} is a {type(records[bad]).__name__}, expected an object")
-        return records
-    records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RecordError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-        if not isinstance(rec, dict):
-            raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-        records.append(rec)
-    return records
-
 
 def duplicates(values) -> list:
     seen, dup = set(), []
