@@ -63,7 +63,7 @@ class TrainConfig:
         return None if self.peft is None else {**DEFAULT_LORA, **self.peft}
 
 
-def _check_keys(kind: str, given: dict, cls) -> None:
+def check_keys(kind: str, given: dict, cls) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(given) - known)
     if unknown:
@@ -74,7 +74,7 @@ def make_dpo_config(cfg: TrainConfig, output_dir: Path):
     from trl import DPOConfig
 
     args = cfg.dpo_args()
-    _check_keys("dpo", args, DPOConfig)
+    check_keys("dpo", args, DPOConfig)
     # Things halign owns: where files go, and no surprise uploads or trackers.
     args.setdefault("report_to", "none")
     args.update(output_dir=str(output_dir), remove_unused_columns=False)
@@ -94,7 +94,7 @@ def make_lora_config(cfg: TrainConfig):
         return None
     from peft import LoraConfig
 
-    _check_keys("peft", lora, LoraConfig)
+    check_keys("peft", lora, LoraConfig)
     return LoraConfig(task_type="CAUSAL_LM", **lora)
 
 
@@ -223,8 +223,8 @@ def fast_path_refusal(cfg: TrainConfig, model, dpo_config) -> str | None:
 def attach_tracking(trainer, track: dict, processor, out: Path):
     from halign.align.callbacks import HallucinationCallback
     from halign.data_gen.io import read_records
-    from halign.rewards.judges.grounding import load_vocabulary
     from halign.rewards.object_hallucination import ObjectHallucinationMetric
+    from halign.rewards.vocabulary import load_vocabulary
 
     unknown = sorted(set(track) - {"prompts", "n", "every_n_steps", "vocabulary", "max_new_tokens"})
     if unknown:

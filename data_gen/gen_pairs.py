@@ -21,6 +21,7 @@ from halign.data_gen import pairs as pairs_stage
 from halign.data_gen import sample as sample_stage
 from halign.data_gen.io import ensure_writable_dir, write_jsonl, write_manifest
 from halign.data_gen.sources import load_source
+from halign.rewards.judges.options import parse_option
 
 
 def parse_source(text: str) -> dict:
@@ -36,17 +37,6 @@ def parse_source(text: str) -> dict:
     if not sep or not path:
         raise ValueError(f"--source must be JSON or TYPE:PATH (e.g. jsonl:prompts.jsonl), got {text!r}")
     return {"type": kind, "path": path}
-
-
-def parse_option(text: str) -> tuple[str, object]:
-    """key=value; the value is read as JSON when it parses (numbers, true, lists), else kept as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--judge-option must look like key=value, got {text!r}")
-    try:
-        return key.replace("-", "_"), json.loads(value)
-    except json.JSONDecodeError:
-        return key.replace("-", "_"), value
 
 
 def resolve_self_labeler(options, model_path: str, model, processor):

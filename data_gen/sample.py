@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from halign.data_gen.io import ensure_writable_dir, read_records, write_jsonl, write_manifest
+from halign.data_gen.messages import load_images, user_messages
 
 
 @dataclass
@@ -65,28 +65,6 @@ def parse_shard(spec: str) -> tuple[int, int]:
     if not 0 <= index < count:
         raise ValueError(f"shard index must satisfy 0 <= i < n, got {spec!r}")
     return index, count
-
-
-def user_messages(record: dict) -> list[dict]:
-    """Chat messages for a prompt record: its `messages`, or one user turn with images then the question."""
-    if record.get("messages"):
-        return [m for m in record["messages"] if m.get("role") != "assistant"]
-    if not record.get("question"):
-        raise ValueError(f"record {record.get('id')!r}: needs 'question' or 'messages'")
-    content = [{"type": "image"} for _ in record.get("images", [])]
-    content.append({"type": "text", "text": record["question"]})
-    return [{"role": "user", "content": content}]
-
-
-def load_images(record: dict) -> list[Image.Image]:
-    images = []
-    for path in record.get("images", []):
-        try:
-            with Image.open(path) as im:
-                images.append(im.convert("RGB"))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"record {record.get('id')!r}: cannot read image {path}: {err}") from None
-    return images
 
 
 @torch.no_grad()

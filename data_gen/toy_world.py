@@ -41,6 +41,11 @@ POSITION_NAMES = {  # (row, col) on the 3x3 grid -> phrase
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 CAPTION_PROMPT = "Describe the image."
 QUESTION_TEMPLATE = "Is there a {} in the image?"  # POPE's template
+# Share of each round's toy-world training prompts that ask a yes/no existence question instead of a caption
+# (the default of `halign rlaif` and `halign demo`). Trained on captions only, the policy's short-answer skill
+# drifts (toy POPE falls); with a quarter of the prompts asking, the judge's right/wrong verdicts train it too
+# (README, "What the demo shows").
+TOY_QA_FRACTION = 0.25
 BACKGROUND = (245, 245, 240)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from halign.data_gen.sample import load_images, user_messages
+from halign.data_gen.messages import load_images, user_messages
 
 INSTALL_HINT = "pip install 'halign[vllm]' (the `vllm` extra; it needs a CUDA GPU)"
 

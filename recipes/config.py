@@ -126,7 +126,7 @@ def _dataclass(where: str, cls, values: dict, **fixed):
 
 def resolve(raw: dict) -> dict:
     """Defaults filled in and every key validated; the result is what the runner executes and hashes."""
-    from halign.align.dpo import TrainConfig, _check_keys
+    from halign.align.dpo import TrainConfig, check_keys
     from halign.data_gen.pairs import PairsConfig
     from halign.data_gen.sample import SampleConfig
     from halign.data_gen.toy_checkpoint import ToyCheckpointConfig
@@ -169,7 +169,7 @@ def resolve(raw: dict) -> dict:
     from trl import DPOConfig
 
     for kind, given, cls in (("train.dpo", tc.dpo_args(), DPOConfig), ("train.peft", tc.lora_args() or {}, LoraConfig)):
-        _check_keys(kind, given, cls)
+        check_keys(kind, given, cls)
     args = tc.dpo_args()
     losses = args["loss_type"] if isinstance(args["loss_type"], list) else [args["loss_type"]]
     if args.get("loss_weights") is not None and len(args["loss_weights"]) != len(losses):

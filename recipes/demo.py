@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from halign.data_gen.io import ensure_writable_dir, write_json
-from halign.recipes.rlaif import TOY_QA_FRACTION
+from halign.data_gen.toy_world import TOY_QA_FRACTION
 
 METRICS = ("chair_s", "chair_i", "recall", "mean_len", "n")
 POPE_METRICS = ("accuracy", "f1", "yes_ratio")

@@ -101,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
                 p["objects"] = sorted(found)
     elif args.bench == "amber":
         from halign.rewards.amber import AmberData, AmberMetric
-        from halign.rewards.chair import data_dir
+        from halign.rewards.benchmark_data import data_dir
 
         amber_dir = args.amber_dir or data_dir() / "amber"
         metric = AmberMetric(AmberData.from_dir(amber_dir), id_key="id", response_key="text")

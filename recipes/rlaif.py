@@ -22,12 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from halign.data_gen.io import ensure_writable_dir, read_records, write_json, write_jsonl
+from halign.data_gen.toy_world import TOY_QA_FRACTION
 from halign.recipes.round_gate import CAPTION_KEYS, POPE_KEYS, GateRule, choose_round, format_history
-
-# Share of each round's toy-world prompts that ask a yes/no existence question instead of a caption. Trained
-# on captions only, the policy's short-answer skill drifts (toy POPE falls); with a quarter of the prompts
-# asking, the judge's right/wrong verdicts train it too (README, "What the demo shows").
-TOY_QA_FRACTION = 0.25
 
 
 @dataclass
@@ -166,8 +162,8 @@ def cached_scores(folder: Path, identity, compute) -> dict:
 
 
 def object_metric(cfg: RlaifConfig):
-    from halign.rewards.judges.grounding import load_vocabulary
     from halign.rewards.object_hallucination import ObjectHallucinationMetric
+    from halign.rewards.vocabulary import load_vocabulary
 
     return ObjectHallucinationMetric(load_vocabulary(cfg.vocabulary))
 
@@ -181,7 +177,7 @@ def run_round(cfg: RlaifConfig, r: int, policy: str, folder: Path, progress: boo
     from halign.align.dpo import TrainConfig, train
     from halign.align.export import merge_adapter
     from halign.data_gen.pairs import PairsConfig
-    from halign.data_gen.pairs import run as build_pairs
+    from halign.data_gen.pairs import run as run_pairs
     from halign.data_gen.sample import SampleConfig
     from halign.data_gen.sample import run as sample
     from halign.rewards.judges.cli import run_judge
@@ -191,8 +187,8 @@ def run_round(cfg: RlaifConfig, r: int, policy: str, folder: Path, progress: boo
     candidates = sample(sample_cfg, prompts, folder / "sample", progress=progress)
     judgments, _, _ = run_judge(cfg.judge, candidates, folder / "judge" / "judgments.jsonl",
                                 options=dict(cfg.judge_options), progress=progress)
-    pairs = build_pairs(PairsConfig(**{"seed": cfg.seed + r, **cfg.pairs}), judgments, candidates,
-                        folder / "sample" / "prompts.jsonl", folder / "pairs")
+    pairs = run_pairs(PairsConfig(**{"seed": cfg.seed + r, **cfg.pairs}), judgments, candidates,
+                      folder / "sample" / "prompts.jsonl", folder / "pairs")
     summary = json.loads((folder / "pairs" / "summary.json").read_text())
     trained = train(TrainConfig(model=policy, pairs=str(pairs), output_dir=str(folder / "train"),
                                 dpo={**cfg.dpo, "seed": cfg.seed + r}, peft=cfg.peft), progress=progress)

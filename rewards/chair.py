@@ -25,11 +25,11 @@ The synonym lists are not vendored: `--synonyms lisaanne|rlaifv` is looked up in
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Iterable
 
+from halign.rewards.benchmark_data import data_dir
 from halign.rewards.lemmatize import get_lemmatizer, tokenize
 
 SYNONYM_FILES = {"lisaanne": "synonyms_lisaanne.txt", "rlaifv": "synonyms_refine_rlaifv.txt"}
@@ -45,11 +45,6 @@ _LISAANNE_DOUBLE_WORDS = [
 # "baby"/"adult"/"passenger" are person synonyms: "baby bird" must count as a bird, not a person.
 _ANIMAL_WORDS = ["bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub"]
 _VEHICLE_WORDS = ["jet", "train"]
-
-
-def data_dir() -> Path:
-    env = os.environ.get("HALIGN_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def load_synonyms(spec: str | Path = "lisaanne") -> list[list[str]]:

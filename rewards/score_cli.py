@@ -154,7 +154,7 @@ def _run_pope_questions(args, started: float) -> int:
 
 def _run_amber(args, started: float) -> int:
     from halign.rewards.amber import AmberData, score_amber
-    from halign.rewards.chair import data_dir
+    from halign.rewards.benchmark_data import data_dir
 
     data = AmberData.from_dir(args.amber_dir or data_dir() / "amber")
     similarity = None
@@ -179,7 +179,7 @@ def _run_amber(args, started: float) -> int:
 
 
 def _run_mmhal(args, started: float) -> int:
-    from halign.rewards.chair import data_dir
+    from halign.rewards.benchmark_data import data_dir
     from halign.rewards.mmhal import ITEMS_FILE, MMHalJudge, score_mmhal
 
     items = read_records(args.items or data_dir() / ITEMS_FILE)

@@ -106,7 +106,7 @@ class ImageLabeler:
         None where an image cannot be read (the reason is in `self.errors`, keyed by the image paths)."""
         from tqdm.auto import tqdm
 
-        from halign.data_gen.sample import load_images, user_messages
+        from halign.data_gen.messages import load_images, user_messages
 
         answers: dict = {}
         self.errors: dict = {}
@@ -168,7 +168,7 @@ class ClaimsJudge:
         self.vocabulary_source = vocabulary if isinstance(vocabulary, str) else "inline"
         self.vocab = None
         if splitter == "objects":
-            from halign.rewards.judges.grounding import load_vocabulary
+            from halign.rewards.vocabulary import load_vocabulary
             from halign.rewards.object_hallucination import ObjectVocabulary
 
             self.vocab = ObjectVocabulary.from_categories(load_vocabulary(vocabulary))

@@ -22,6 +22,7 @@ from halign.rewards.judges.disk_cache import FILE_MODE, default_cache_dir
 from halign.rewards.judges.endpoint import FatalJudgeError, StopRun
 from halign.rewards.judges.judgment_log import (JudgmentLog, answer_problem, duplicates, is_judged,
                                                 remove_stale_temp_files)
+from halign.rewards.judges.options import parse_option
 from halign.rewards.judges.registry import JUDGES, accepted_options, build_judge, judge_class
 
 MAX_FAILED = 0.05  # default --max-failed: more than 5% failed candidates is a failed run (exit status 1)
@@ -125,8 +126,6 @@ def _options(judge_spec: str, options: dict, progress: bool) -> dict:
 
 def run(args) -> tuple[Path, list[dict], dict]:
     """The CLI entry: only flags actually given become judge options."""
-    from halign.data_gen.gen_pairs import parse_option
-
     if args.progress_every is not None:
         progress_module.PROGRESS_EVERY = args.progress_every
     options = {opt: getattr(args, flag) for flag, opt in FLAG_OPTIONS.items() if getattr(args, flag) is not None}

@@ -18,13 +18,12 @@ settings' min_gap. A wrongly affirmed object goes to `hallucinated`, a wrongly d
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 from halign.rewards.judges.caption import question_text  # the question of a prompt record
 from halign.rewards.object_hallucination import ObjectVocabulary, score_item
 from halign.rewards.pope import parse_pope_answer
+from halign.rewards.vocabulary import load_vocabulary
 
 # How an existence question starts (after any "<image>" placeholder): POPE's "Is there a ...?" and the
 # plural and "see/contain" phrasings that instruction data uses for the same question.
@@ -32,26 +31,6 @@ EXISTENCE_PREFIXES = ("is there", "are there", "does the image contain", "does t
                       "do you see", "can you see")
 # "Are there two stars?" asks for a count, which object ground truth (a set of categories) cannot settle.
 COUNT_WORDS = frozenset({"two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "many", "several"})
-
-
-def load_vocabulary(spec: dict[str, list[str]] | str) -> dict[str, list[str]]:
-    """'toy' -> the toy world's objects; a path -> a JSON object {category: [words]}; a dict as is."""
-    if isinstance(spec, dict):
-        return spec
-    if spec == "toy":
-        from halign.data_gen.toy_world import ToyWorldConfig
-
-        return ToyWorldConfig().vocabulary()
-    path = Path(spec)
-    if not path.exists():
-        raise ValueError(f"grounding judge: vocabulary must be 'toy' or a JSON file, got {spec!r}")
-    try:
-        vocab = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"grounding judge: {path} is not valid JSON ({err.msg})") from None
-    if not isinstance(vocab, dict) or not all(isinstance(v, list) for v in vocab.values()):
-        raise ValueError(f"grounding judge: {path} must hold an object {{category: [words]}}")
-    return vocab
 
 
 def existence_object(question: str, vocab: ObjectVocabulary) -> str | None:
