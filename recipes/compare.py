@@ -20,11 +20,8 @@ from pathlib import Path
 
 from halign.data_gen.io import ensure_writable_dir, write_jsonl
 from halign.recipes import stats
+from halign.rewards.metrics import LOWER, OBJECT_COUNT_KINDS, spec_for_benchmark
 
-SHOWN = ("chair_s", "chair_i", "recall", "mean_len")
-POPE_SHOWN = ("accuracy", "precision", "recall", "f1", "yes_ratio")
-POPE_BENCHMARKS = {"pope", "toy_pope"}
-LOWER_IS_BETTER = {"chair_s", "chair_i"}
 
 
 def load_report(path: str | Path) -> dict:
@@ -53,9 +50,15 @@ def labels_for(paths: list[Path]) -> list[str]:
 
 
 def shown_metrics(report: dict) -> list[str]:
-    """The metrics a comparison table and plot show: the object-hallucination ones, or POPE's."""
-    names = POPE_SHOWN if report["benchmark"] in POPE_BENCHMARKS else SHOWN
-    return [m for m in names if m in report["metrics"]] or list(report["metrics"])
+    """The metrics a comparison table and plot show: the summary metrics the benchmark's registry entry
+    declares (rewards/metrics.py), else (a metric from outside the registry) all of them."""
+    spec = spec_for_benchmark(report["benchmark"])
+    return [m for m in (spec.summary if spec else ()) if m in report["metrics"]] or list(report["metrics"])
+
+
+def lower_is_better(report: dict, metric: str) -> bool:
+    spec = spec_for_benchmark(report["benchmark"])
+    return spec is not None and spec.direction(metric) == LOWER
 
 
 def check_comparable(reports: list[dict], labels: list[str], force: bool) -> list[str]:
@@ -88,10 +91,13 @@ def common_ids(reports: list[dict]) -> list[str]:
 def compare_reports(reports: list[dict], labels: list[str], n_boot: int = 2000, seed: int = 0) -> dict:
     """Rows (one per later report x metric) with paired statistics over the shared items."""
     ids = common_ids(reports)
-    try:
-        matrices = [stats.count_matrix(r["per_item"], ids) for r in reports]
-    except (KeyError, ValueError):
-        matrices = None  # per-item records without object counts: report values only, no intervals
+    kinds = [stats.report_item_kind(r) for r in reports]
+    matrices = None  # per-item records without object counts: report values only, no intervals
+    if all(kind is None or kind in OBJECT_COUNT_KINDS for kind in kinds):
+        try:  # a report without a recorded kind (an older one) may still lack the counts
+            matrices = [stats.count_matrix(r["per_item"], ids, kind) for r, kind in zip(reports, kinds)]
+        except (KeyError, ValueError):
+            matrices = None
     rows = []
     for j in range(1, len(reports)):
         for metric in shown_metrics(reports[0]):
@@ -105,12 +111,21 @@ def compare_reports(reports: list[dict], labels: list[str], n_boot: int = 2000, 
     return {"ids": ids, "rows": rows}
 
 
-def item_diff(before: dict, after: dict, label: str) -> dict | None:
-    """What changed for one item: hallucinations removed/added (as multisets), coverage lost/gained."""
-    hb, ha = Counter(before.get("hallucinated", before.get("hallucinated_objects", []))), \
-        Counter(after.get("hallucinated", after.get("hallucinated_objects", [])))
-    cb = set(before.get("covered", set(before.get("mapped_objects", [])) & set(before.get("ground_truth", []))))
-    ca = set(after.get("covered", set(after.get("mapped_objects", [])) & set(after.get("ground_truth", []))))
+def objects_of(item: dict, kind: str | None) -> tuple[list[str], set[str]]:
+    """(hallucinated objects, covered objects) of a per-item record; none for records without objects
+    (yes/no answers, ratings)."""
+    try:
+        fields = stats.object_fields(item, kind)
+    except (KeyError, ValueError):
+        return [], set()
+    return fields["hallucinated"], set(fields["covered"])
+
+
+def item_diff(before: dict, after: dict, label: str, kinds: tuple[str | None, str | None] = (None, None)) -> dict | None:
+    """What changed for one item: hallucinations removed/added (as multisets), coverage lost/gained.
+    `kinds`: the two reports' per-item kinds (None: guessed from the keys, for older reports)."""
+    (hal_before, cb), (hal_after, ca) = objects_of(before, kinds[0]), objects_of(after, kinds[1])
+    hb, ha = Counter(hal_before), Counter(hal_after)
     record = {"report": label, "id": before["id"], "removed": sorted((hb - ha).elements()),
               "added": sorted((ha - hb).elements()), "coverage_lost": sorted(cb - ca),
               "coverage_gained": sorted(ca - cb), "text_before": before.get("text"), "text_after": after.get("text")}
@@ -123,7 +138,8 @@ def per_item_diffs(reports: list[dict], labels: list[str], ids: list[str]) -> li
     out = []
     for rep, label in zip(reports[1:], labels[1:]):
         items = {str(i["id"]): i for i in rep["per_item"]}
-        out += [d for i in ids if (d := item_diff(first[i], items[i], label)) is not None]
+        kinds = (stats.report_item_kind(reports[0]), stats.report_item_kind(rep))
+        out += [d for i in ids if (d := item_diff(first[i], items[i], label, kinds)) is not None]
     return out
 
 
@@ -206,7 +222,7 @@ def plot(reports: list[dict], labels: list[str], result: dict, path: Path) -> Pa
         top = max(values) if max(values) > 0 else 1.0
         ax.set_ylim(0, top * 1.3)
         ax.set_xticks(range(len(reports)), labels, rotation=20, ha="right", fontsize=8)
-        arrow = " (lower is better)" if metric in LOWER_IS_BETTER else ""
+        arrow = " (lower is better)" if lower_is_better(reports[0], metric) else ""
         ax.set_title(metric + arrow, fontsize=9)
     if series:
         for col, metric in enumerate(metrics):

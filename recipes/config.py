@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 from importlib import resources
 from pathlib import Path
 
@@ -22,7 +21,6 @@ SOURCE_KEYS = {"toy_world": {"type", "split", "n", "start", "exclude_seen", "wor
                "jsonl": {"type", "path", "max_images"}}
 TRAIN_KEYS = {"dpo", "peft", "dtype", "accelerate_config", "mdpo", "quantization", "fast"}
 EVAL_KEYS = {"source", "benchmark", "metric", "max_new_tokens", "batch_size", "before"}
-BENCHMARKS = ("toy", "chair")
 # Built-in judges that recipes may already name; until they are registered they fail at execution only.
 PLANNED_JUDGES = {"claims": "claim-level verifier judge"}
 SHIPPED_ACCELERATE = ("zero2", "zero3")
@@ -196,17 +194,26 @@ def resolve(raw: dict) -> dict:
         _unknown("eval", ev, EVAL_KEYS)
         ev = {"benchmark": "toy", "metric": {}, "max_new_tokens": 64, "batch_size": 64, "before": True, **ev}
         ev["source"] = _check_source("eval.source", ev.get("source"))
-        if ev["benchmark"] not in BENCHMARKS:
-            raise ValueError(f"eval.benchmark must be one of {BENCHMARKS}, got {ev['benchmark']!r}")
-        if ev["benchmark"] == "toy" and ev["metric"]:
-            raise ValueError("eval.metric options apply to benchmark chair only")
-        if ev["benchmark"] == "chair":
-            from halign.rewards.chair import ChairMetric
-
-            _unknown("eval.metric", ev["metric"], set(inspect.signature(ChairMetric).parameters) - {"id_key", "caption_key"})
+        _check_eval_metric(ev)
     cfg["eval"] = ev
     cfg["gate"] = _check_gate(raw, cfg)
     return cfg
+
+
+def _check_eval_metric(ev: dict) -> None:
+    """eval.benchmark names a metric of the registry (rewards/metrics.py) that a recipe can score; eval.metric
+    holds that metric's options."""
+    from halign.rewards.metrics import METRICS, recipe_benchmarks
+
+    benchmarks = recipe_benchmarks()
+    if ev["benchmark"] not in benchmarks:
+        raise ValueError(f"eval.benchmark must be one of {benchmarks}, got {ev['benchmark']!r}")
+    options = METRICS[ev["benchmark"]].options()
+    if not options and ev["metric"]:
+        with_options = [name for name in benchmarks if METRICS[name].options()]
+        raise ValueError(f"eval.metric options apply to benchmark {', '.join(with_options)} only")
+    if options is not None:
+        _unknown("eval.metric", ev["metric"], options)
 
 
 def _check_gate(raw: dict, cfg: dict) -> dict | None:

@@ -15,10 +15,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from halign.data_gen.io import read_records
+from halign.rewards.metrics import YES_NO
 from halign.rewards.toy_pope import KEYS, score_answers
 
 
 def is_pope_report(report: dict) -> bool:
+    if report.get("item_kind"):  # recorded by the metric registry (rewards/metrics.py)
+        return report["item_kind"] == YES_NO
+    # An older report: guessed from its keys.
     if "splits" in report and "per_item" not in report:
         return True
     items = report.get("per_item") or []

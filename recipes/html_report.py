@@ -46,16 +46,16 @@ def highlight_spans(text: str, words: list[str], categories: list[str], truth: s
     return spans
 
 
-def answer_view(item: dict, where: str) -> dict:
-    """One report's answer to one item, with its object lists and CHAIR-style scores."""
+def answer_view(item: dict, where: str, kind: str | None = None) -> dict:
+    """One report's answer to one item, with its object lists and CHAIR-style scores. `kind`: the report's
+    per-item kind (rewards/metrics.py); None for an older report (guessed from the keys)."""
     try:
-        any_hal, n_hal, n_mentions, n_covered, n_truth, n_words = stats.item_counts(item)
+        fields = stats.object_fields(item, kind)
+        any_hal, n_hal, n_mentions, n_covered, n_truth, n_words = stats.item_counts(item, kind)
     except (KeyError, ValueError) as err:
         raise ValueError(f"{where}: item {item.get('id')!r} has no object counts ({err})") from None
-    truth = set(item["ground_truth"])
-    categories = item.get("mentions", item.get("mapped_objects", []))
-    hallucinated = item.get("hallucinated", item.get("hallucinated_objects", []))
-    covered = sorted(item.get("covered", truth & set(categories)))
+    truth = set(fields["ground_truth"])
+    categories, hallucinated, covered = fields["mentions"], fields["hallucinated"], sorted(fields["covered"])
     text = item.get("text") or item.get("caption") or ""
     words = item.get("mentioned_words") or categories
     return {"t": text, "s": highlight_spans(text, words, categories, truth), "h": list(hallucinated),
@@ -80,7 +80,8 @@ def item_views(reports: list[dict], labels: list[str], ids: list[str], diffs: li
                                                     "cg": d["coverage_gained"]})
         views.append({"id": item_id, "img": images.add(images_of), "q": first.get("question") or first.get("prompt"),
                       "gt": sorted(first.get("ground_truth", [])),
-                      "ans": [answer_view(b[item_id], label) for b, label in zip(by_report, labels)],
+                      "ans": [answer_view(b[item_id], label, stats.report_item_kind(r))
+                              for b, label, r in zip(by_report, labels, reports)],
                       "d": changes})
     return views
 

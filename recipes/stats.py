@@ -5,6 +5,9 @@ The object-hallucination metrics are aggregates over items, and two of them are 
 ratios would weight a one-mention answer like a ten-mention one, so every resample here recomputes the
 aggregate from per-item *counts*, exactly as `rewards.object_hallucination.aggregate` does.
 
+Which fields of a per-item record hold the counts depends on its kind (rewards/metrics.py), which a report
+records as `item_kind`; only reports written before that are read by guessing the kind from the keys.
+
 - Confidence interval: paired percentile bootstrap. Item ids are resampled with replacement (the same
   draw for both reports, because they scored the same items), the metric of each report is recomputed
   on the resample, and the 2.5% / 97.5% quantiles of the difference (B - A) are the 95% interval.
@@ -21,6 +24,8 @@ import itertools
 
 import numpy as np
 
+from halign.rewards.metrics import CHAIR_OBJECTS, OBJECTS
+
 # Per-item count columns (one row per item).
 COLUMNS = ("any_hallucinated", "hallucinated", "mentions", "covered", "ground_truth", "words")
 # metric -> (numerator column, denominator column or None for "divide by the number of items")
@@ -33,23 +38,46 @@ METRICS = {
 EXACT_MAX_ITEMS = 12
 
 
-def item_counts(item: dict) -> tuple[int, ...]:
-    """Counts of one per-item record; reads the toy/object schema and the COCO CHAIR schema."""
-    if "mentions" in item:  # rewards/object_hallucination.py
-        hallucinated, mentions = item["hallucinated"], item["mentions"]
-        covered, words = len(item["covered"]), item["n_words"]
-    elif "mapped_objects" in item:  # rewards/chair.py
-        hallucinated, mentions = item["hallucinated_objects"], item["mapped_objects"]
-        covered, words = len(set(mentions) & set(item["ground_truth"])), item["len"]
-    else:
-        raise ValueError(f"item {item.get('id')!r}: no per-item object counts (mentions / mapped_objects)")
-    return (int(bool(hallucinated)), len(hallucinated), len(mentions), covered, len(item["ground_truth"]), words)
+def guess_item_kind(item: dict) -> str:
+    """The per-item kind of a record from a report written before reports recorded `item_kind`."""
+    if "mentions" in item:
+        return OBJECTS
+    if "mapped_objects" in item:
+        return CHAIR_OBJECTS
+    raise ValueError(f"item {item.get('id')!r}: no per-item object counts (mentions / mapped_objects)")
 
 
-def count_matrix(per_item: list[dict], ids: list[str]) -> np.ndarray:
+def report_item_kind(report: dict) -> str | None:
+    """The kind the report records (rewards/metrics.py); None for an older report (its items are guessed)."""
+    return report.get("item_kind")
+
+
+def object_fields(item: dict, kind: str | None = None) -> dict:
+    """The object lists of one per-item record under one set of names: mentions, hallucinated, covered,
+    ground_truth (lists) and words (a count). `kind` None: guessed from the record's keys."""
+    kind = kind or guess_item_kind(item)
+    if kind == OBJECTS:  # rewards/object_hallucination.py
+        return {"mentions": item["mentions"], "hallucinated": item["hallucinated"], "covered": list(item["covered"]),
+                "ground_truth": item["ground_truth"], "words": item["n_words"]}
+    if kind == CHAIR_OBJECTS:  # rewards/chair.py
+        mentions = item["mapped_objects"]
+        return {"mentions": mentions, "hallucinated": item["hallucinated_objects"],
+                "covered": sorted(set(mentions) & set(item["ground_truth"])), "ground_truth": item["ground_truth"],
+                "words": item["len"]}
+    raise ValueError(f"item {item.get('id')!r}: {kind!r} records have no per-item object counts")
+
+
+def item_counts(item: dict, kind: str | None = None) -> tuple[int, ...]:
+    """Counts of one per-item record, in COLUMNS order; `kind` as in `object_fields`."""
+    f = object_fields(item, kind)
+    return (int(bool(f["hallucinated"])), len(f["hallucinated"]), len(f["mentions"]), len(f["covered"]),
+            len(f["ground_truth"]), f["words"])
+
+
+def count_matrix(per_item: list[dict], ids: list[str], kind: str | None = None) -> np.ndarray:
     """(len(ids), len(COLUMNS)) array of counts, rows in the order of `ids`."""
     by_id = {str(it["id"]): it for it in per_item}
-    return np.array([item_counts(by_id[i]) for i in ids], dtype=float).reshape(len(ids), len(COLUMNS))
+    return np.array([item_counts(by_id[i], kind) for i in ids], dtype=float).reshape(len(ids), len(COLUMNS))
 
 
 def metric_from_sums(sums: np.ndarray, n_items: int, metric: str) -> np.ndarray:

@@ -1,8 +1,9 @@
 """`halign score chair|pope|amber|pope-questions|mmhal`: score existing responses, print a table, write
 report.json.
 
-Each benchmark is a sub-subcommand with its own flags; the scoring itself lives in chair.py / pope.py /
-amber.py / mmhal.py so the Python API and the CLI share one code path.
+Each benchmark is a sub-subcommand with its own flags, one per metric of the registry (rewards/metrics.py) that
+scores existing responses; the scoring itself lives in chair.py / pope.py / amber.py / mmhal.py so the Python
+API and the CLI share one code path.
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ import time
 from pathlib import Path
 
 from halign.data_gen.io import read_records, write_json, write_jsonl
+from halign.rewards.metrics import describe_report, metric_spec, score_cli_metrics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     parser.set_defaults(_score_parser=parser)
+    # One sub-command per registry metric that scores existing responses (rewards/metrics.py), each with its
+    # own inputs; `pope-questions` builds POPE's inputs rather than scoring.
+    for name in score_cli_metrics():
+        ARGUMENTS[name](sub.add_parser(name, help=metric_spec(name).description))
+    _pope_questions_arguments(sub.add_parser("pope-questions", help="build POPE questions from ground-truth object sets"))
 
-    chair = sub.add_parser("chair", help="CHAIR_s / CHAIR_i / recall on COCO-style captions")
+
+def _chair_arguments(chair: argparse.ArgumentParser) -> None:
     chair.add_argument("--gt", action="append", required=True, metavar="PATH",
                        help="ground truth: precomputed {image_id: [objects]} JSON, COCO instances/captions JSON, "
                             "or a folder of them (repeatable)")
@@ -30,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     chair.add_argument("--mode", default="chair", choices=["chair", "objhal"])
     chair.add_argument("--out", help="report.json path")
 
-    pope = sub.add_parser("pope", help="POPE accuracy / precision / recall / F1 / yes-ratio per split")
+
+def _pope_arguments(pope: argparse.ArgumentParser) -> None:
     pope.add_argument("--questions", action="append", required=True, metavar="FILE",
                       help="question file (JSONL with question_id, text, label); repeat once per split")
     pope.add_argument("--answers", action="append", required=True, metavar="FILE",
@@ -40,14 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pope.add_argument("--answer-key", help="answer field (default: first of answer, text, response, ...)")
     pope.add_argument("--out", help="report.json path")
 
-    build = sub.add_parser("pope-questions", help="build POPE questions from ground-truth object sets")
+
+def _pope_questions_arguments(build: argparse.ArgumentParser) -> None:
     build.add_argument("--gt", required=True, help="{image: [objects]} JSON or JSONL of {image, objects}")
     build.add_argument("--strategy", default="random", choices=["random", "popular", "adversarial"])
     build.add_argument("--n", type=int, default=3, help="positives (and negatives) per image")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--out", required=True, help="questions JSONL to write")
 
-    amber = sub.add_parser("amber", help="AMBER generative (CHAIR, Cover, Hal, Cog) + discriminative + score")
+
+def _amber_arguments(amber: argparse.ArgumentParser) -> None:
     amber.add_argument("--input", required=True, help="responses: JSONL or JSON list with id and response")
     amber.add_argument("--amber-dir", help="folder with annotations.json, relation.json, safe_words.txt "
                                            "(default: $HALIGN_DATA_DIR/amber or ../shared/data/amber)")
@@ -61,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="similarity threshold for --similarity minilm (strict >, default 0.8 as the reference)")
     amber.add_argument("--out", help="report.json path")
 
-    mmhal = sub.add_parser("mmhal", help="MMHal-Bench-style 0-6 LLM-judge ratings: score, hallucination rate")
+
+def _mmhal_arguments(mmhal: argparse.ArgumentParser) -> None:
     mmhal.add_argument("--input", required=True, help="responses: JSONL or JSON list (question_id = item index, "
                                                       "or image_id + question, or the items' order)")
     mmhal.add_argument("--items", help="MMHal-Bench items JSON (default: mmhal_bench_template.json in "
@@ -92,6 +104,7 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
 
 
 def _finish(report: dict, args, started: float) -> int:
+    describe_report(report)  # records the per-item kind for `halign compare` and the HTML report
     report["wall_seconds"] = round(time.time() - started, 3)
     if report.get("n_missing"):
         print(f"warning: {report['n_missing']} record(s) had no ground truth and were not scored "
@@ -201,6 +214,8 @@ def _run_mmhal(args, started: float) -> int:
     return _finish(report, args, started)
 
 
+ARGUMENTS = {"chair": _chair_arguments, "pope": _pope_arguments, "amber": _amber_arguments,
+             "mmhal": _mmhal_arguments}
 RUNNERS = {"chair": _run_chair, "pope": _run_pope, "pope-questions": _run_pope_questions, "amber": _run_amber,
            "mmhal": _run_mmhal}
 
