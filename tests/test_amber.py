@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import require_shared_data
 
 from halign.recipes.cli import main as cli_main
 from halign.rewards.amber import AmberData, AmberMetric, parse_yes_no, score_amber
@@ -96,8 +97,7 @@ def test_metric_protocol(data):
 
 def test_released_files_load_and_score():
     amber = DATA / "amber"
-    if not (amber / "annotations.json").exists():
-        pytest.skip("shared/data/amber not available")
+    require_shared_data(amber / "annotations.json", "AMBER released-files")
     data = AmberData.from_dir(amber)
     truth = data.annotations[1]["truth"]
     r = score_amber([{"id": 1, "response": "The image shows " + ", ".join(truth) + "."}], data)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import require_shared_data
 
 from halign.recipes.cli import main as cli_main
 from halign.rewards.base import Metric
@@ -35,8 +36,7 @@ def objects(vocab, caption):
 # ---------------------------------------------------------------- reference parity
 def test_matches_reference_example_outputs():
     example = DATA / "chair_example"
-    if not (example / "outputs.json").exists():
-        pytest.skip("shared/data/chair_example not available")
+    require_shared_data(example / "outputs.json", "CHAIR reference-output")
     reference = json.loads((example / "outputs.json").read_text())
     records = [json.loads(line) for line in (example / "example_inputs.jsonl").read_text().splitlines() if line]
     # The reference output shows "has" -> "ha" and "process" -> "proces": pattern.en's singularize, and

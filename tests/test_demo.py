@@ -67,6 +67,28 @@ def test_demo_rounds_are_on_policy(quick_demo):
     assert all("pope_accuracy" in r for r in report["rounds"])
 
 
+def test_quick_demo_never_keeps_a_round_that_hallucinates_more_or_loses_recall(quick_demo):
+    """Direction on the quick config (a briefly trained checkpoint, 24 test scenes, two small rounds). Measured
+    (seed 0, CPU): no round is worth keeping there. Round 1 raised validation CHAIR_i (0.333 -> 0.354), round 2
+    answered in ~2 words (CHAIR_i 0, but recall 0.254 -> 0), so the gate keeps the model before alignment and
+    the test scores before and after are equal. The strict "hallucination falls" check needs a checkpoint that
+    can describe scenes: the shipped one, in the next test. What holds whichever round the gate keeps:
+    hallucination does not rise and recall stays within the gate's tolerance, on validation and on test."""
+    report = json.loads((quick_demo / "report.json").read_text())
+    tolerance = report["gate"]["settings"]["recall_tolerance"]
+    assert tolerance == 0.03
+    rounds = {r["round"]: r for r in report["rounds"]}
+    start, kept = rounds[0], rounds[report["kept_round"]]
+    assert kept["chair_i"] <= start["chair_i"] and kept["recall"] >= start["recall"] - tolerance
+    before, after = report["before"], report["after"]
+    assert after["chair_i"] <= before["chair_i"] and after["chair_s"] <= before["chair_s"]
+    assert after["recall"] >= before["recall"] - tolerance
+    # Saying (almost) nothing hallucinates nothing: a round that bought its CHAIR that way is passed over.
+    silenced = [r["round"] for r in report["rounds"][1:] if r["recall"] < start["recall"] - tolerance]
+    assert report["kept_round"] not in silenced
+    assert all(str(r) in report["gate"]["passed_over"] for r in silenced)
+
+
 def test_alignment_lowers_hallucination_and_keeps_recall_and_pope(tmp_path):
     """On the shipped checkpoint, one reduced round (~15 s): the direction the demo claims. A flipped DPO sign,
     a judge that rewards inventions or pairs built the wrong way round all fail here."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fake_judge_server import FakeJudgeServer, _tag
+from shared_data import require_shared_data
 from halign.recipes.cli import main as cli_main
 from halign.rewards.base import Metric
 from halign.rewards.judges.caption import InvalidOutput
@@ -199,8 +200,8 @@ def test_cli_end_to_end(server, tmp_path, capsys, monkeypatch):
     assert "MMHAL_TEST_KEY" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not ITEMS_PATH.exists(), reason="../shared/data/mmhal_bench_template.json not present")
 def test_real_items_file(server, tmp_path):
+    require_shared_data(ITEMS_PATH, "MMHal-Bench items-file")
     items = json.loads(ITEMS_PATH.read_text())
     assert len(items) == 96
     filled = [dict(it, model_answer=f"answer {i}") for i, it in enumerate(items)]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import require_shared_data
 
 from halign.recipes.cli import main as cli_main
 from halign.rewards.base import Metric
@@ -92,8 +93,7 @@ def test_builder_strategies():
 
 def test_reference_question_files_score_perfectly_with_their_labels():
     path = DATA / "pope" / "coco_pope_adversarial.json"
-    if not path.exists():
-        pytest.skip("shared/data/pope not available")
+    require_shared_data(path, "POPE reference question file")
     questions = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     answers = [{"question_id": q["question_id"], "text": "Yes" if q["label"] == "yes" else "No"} for q in questions]
     r = score_pope_split(questions, answers)
