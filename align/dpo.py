@@ -47,6 +47,10 @@ class TrainConfig:
     # True: FastVisionDPOTrainer (align/fast_dpo.py): trl's loss with precomputed reference log-probs and one
     # packed row per pair; families it cannot pack fall back to trl's DPOTrainer with a log line.
     fast: bool = True
+    # Fast path only: pack several whole pairs into each row up to this many tokens (padding-free; each pair
+    # keeps its own positions, a block-diagonal mask keeps pairs apart). Pays off with flex_attention, which
+    # skips the masked blocks; with a dense mask (sdpa, eager) attention grows with the row. None = one pair per row.
+    row_tokens: int | None = None
     resume: bool = False  # continue from the newest checkpoint under OUTPUT/trainer (dpo.save_strategy=steps)
     # mDPO's image-conditional + anchor terms (align/mdpo.py): true = the paper's settings, or a mapping of
     # MdpoConfig fields ({"crop_area": [0, 0.2], "anchor_weight": 1.0, ...}); None/false = plain DPO.
@@ -157,6 +161,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         print(f"fast DPO: falling back to trl's DPOTrainer ({why})")
     dataset = dataset.select_columns(keep)
     extra = {"mdpo": mdpo} if mdpo is not None else {}
+    if trainer_cls is not DPOTrainer and cfg.row_tokens:
+        extra["row_tokens"] = cfg.row_tokens
     trainer = trainer_cls(model=model, args=dpo_config, train_dataset=dataset, processing_class=processor,
                           peft_config=lora_config, data_collator=collator, **extra)
     from halign.align.callbacks import NanLossGuard
@@ -271,6 +277,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="QLoRA: LoRA on a 4-bit NF4 base (needs bitsandbytes and a CUDA GPU)")
     parser.add_argument("--no-fast", action="store_true",
                         help="plain trl.DPOTrainer instead of the fast vision path (recipe key train.fast: false)")
+    parser.add_argument("--row-tokens", type=int, default=None,
+                        help="fast path: pack several pairs per row, up to this many tokens (recipe key train.row_tokens)")
     parser.add_argument("--mdpo", action="store_true",
                         help="add mDPO's image-conditional and anchor terms (settings: mdpo.KEY=VALUE)")
     parser.add_argument("overrides", nargs="*", help="dpo.KEY=VALUE, peft.KEY=VALUE or mdpo.KEY=VALUE")
@@ -295,6 +303,8 @@ def main(args: argparse.Namespace) -> int:
             train_argv.append("--qlora")
         if args.no_fast:
             train_argv.append("--no-fast")
+        if args.row_tokens:
+            train_argv += ["--row-tokens", str(args.row_tokens)]
         argv, env = launch_command(args.accelerate_config or "ddp", args.num_processes, train_argv)
         return subprocess.run(argv, env={**os.environ, **env}).returncode
     dpo, peft, mdpo = {}, ({} if not args.full else None), {}
@@ -316,5 +326,6 @@ def main(args: argparse.Namespace) -> int:
     track = {"every_n_steps": args.track_every} if args.track_every else None
     print(train(TrainConfig(model=args.model, pairs=args.pairs, output_dir=args.out, dpo=dpo, peft=peft,
                             track=track, resume=args.resume, mdpo=(mdpo or True) if args.mdpo else None,
-                            quantization=True if args.qlora else None, fast=not args.no_fast)))
+                            quantization=True if args.qlora else None, fast=not args.no_fast,
+                            row_tokens=args.row_tokens)))
     return 0

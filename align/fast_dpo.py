@@ -44,6 +44,14 @@ REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 MDPO_REF_KEY = "ref_corrupted_chosen_logps"  # the chosen answer with the corrupted image (mDPO only)
 
 
+def per_pair_sums(per_token, pair_index, chosen_mask, rejected_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) sums of `per_token` over each pair's tokens, pairs numbered by `pair_index`."""
+    pairs = int(pair_index.max()) + 1
+    chosen = per_token.new_zeros(pairs).index_add(0, pair_index[chosen_mask], per_token[chosen_mask])
+    rejected = per_token.new_zeros(pairs).index_add(0, pair_index[rejected_mask], per_token[rejected_mask])
+    return chosen, rejected
+
+
 def check_supported(args) -> None:
     """Fail at start-up, naming the setting, for what this trainer does not reproduce."""
     unsupported = [t for t in args.loss_type if t not in SUPPORTED_LOSSES]
@@ -61,7 +69,7 @@ class FastVisionDPOTrainer(DPOTrainer):
     """trl.DPOTrainer for vision preference pairs with precomputed reference log-probs and packed pairs."""
 
     def __init__(self, model, args, train_dataset, processing_class, peft_config=None, data_collator=None,
-                 ref_cache_dir: str | Path | None = None, mdpo=None, **kwargs):
+                 ref_cache_dir: str | Path | None = None, mdpo=None, row_tokens: int | None = None, **kwargs):
         from halign.align.mdpo import MdpoConfig
 
         check_supported(args)
@@ -78,7 +86,8 @@ class FastVisionDPOTrainer(DPOTrainer):
             data_collator = PackedPairCollator(processing_class, args.max_length,
                                                mask_dtype=torch.bool if attention == "sdpa" else model.dtype,
                                                mdpo=self.mdpo, mrope_merge_size=mrope_merge_size(model),
-                                               layout=family_layout(model), flex=attention == FLEX)
+                                               layout=family_layout(model), flex=attention == FLEX,
+                                               row_tokens=row_tokens)
         elif self.mdpo is not None and getattr(data_collator, "mdpo", None) != self.mdpo:
             raise ValueError("mdpo is set but the data collator does not build corrupted-image rows with it")
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
@@ -199,15 +208,16 @@ class FastVisionDPOTrainer(DPOTrainer):
     def _sequence_logps(model, inputs):
         """(chosen_logps, rejected_logps, per-token log-probs, chosen mask, rejected mask, outputs)."""
         kwargs = {k: v for k, v in inputs.items() if k not in
-                  ("labels", "segments", "record_names", "corrupted", "pair_bounds", *REF_KEYS, MDPO_REF_KEY)}
+                  ("labels", "segments", "record_names", "corrupted", "pair_index", "pair_bounds", *REF_KEYS, MDPO_REF_KEY)}
         if "attention_mask" not in kwargs:  # a flex_attention model: the mask as a block-sparse BlockMask
-            kwargs["attention_mask"] = pair_block_mask(inputs["pair_bounds"], inputs["input_ids"].shape[1])
+            kwargs["attention_mask"] = pair_block_mask(inputs["pair_index"], inputs["pair_bounds"])
         outputs = model(**kwargs, labels=inputs["labels"], use_cache=False, fused_lm_head=True)
-        per_token = outputs.log_probs  # [b, width - 1]: log p(token t+1 | tokens <= t), 0 where not a label
+        per_token = outputs.log_probs  # [rows, width - 1]: log p(token t+1 | tokens <= t), 0 where not a label
         segments = inputs["segments"][:, 1:]
         chosen_mask, rejected_mask = segments == CHOSEN, segments == REJECTED
-        chosen = (per_token * chosen_mask).sum(dim=1)
-        rejected = (per_token * rejected_mask).sum(dim=1)
+        # A row may hold several pairs (row_tokens): sum each pair's tokens by its index, not by row.
+        pair_index = inputs["pair_index"][:, 1:]
+        chosen, rejected = per_pair_sums(per_token, pair_index, chosen_mask, rejected_mask)
         return chosen, rejected, per_token, chosen_mask, rejected_mask, outputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -227,15 +237,17 @@ class FastVisionDPOTrainer(DPOTrainer):
             elif loss_type == "hinge":
                 per_pair = torch.relu(1 - self.beta * delta)
             elif loss_type == "ipo":
-                ipo_delta = (chosen_logratios / chosen_mask.sum(dim=1).clamp(min=1.0)
-                             - rejected_logratios / rejected_mask.sum(dim=1).clamp(min=1.0))
+                chosen_tokens, rejected_tokens = per_pair_sums(torch.ones_like(per_token), inputs["pair_index"][:, 1:],
+                                                               chosen_mask, rejected_mask)
+                ipo_delta = (chosen_logratios / chosen_tokens.clamp(min=1.0)
+                             - rejected_logratios / rejected_tokens.clamp(min=1.0))
                 per_pair = (ipo_delta - 1 / (2 * self.beta)) ** 2
             elif loss_type == "robust":
                 clean = -(1 - self.label_smoothing) * F.logsigmoid(self.beta * delta)
                 flipped = -self.label_smoothing * F.logsigmoid(-self.beta * delta)
                 per_pair = (clean - flipped) / (1 - 2 * self.label_smoothing)
             elif loss_type == "sft":
-                per_pair = (-per_token[chosen_mask].mean()).expand(per_token.size(0))
+                per_pair = (-per_token[chosen_mask].mean()).expand(delta.size(0))
             else:  # check_supported ran at start-up; this guards later edits of loss_types
                 raise ValueError(f"fast DPO does not support loss_type {loss_type!r}")
             loss += per_pair.mean() * weight

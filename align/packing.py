@@ -16,6 +16,10 @@ and the text after it continues from the image's start + max(grid height, width)
 from the unpacked sequence, so here the collator passes them explicitly (`mrope_prefix_positions`), laid out
 the same way: chosen, x and rejected continue from the prefix's last (text) position.
 
+With `row_tokens`, consecutive pairs share a row (padding-free): each pair's block is laid out as above with
+its own positions, and the mask is block-diagonal, so no pair reads another and no padding is computed between
+them. Log-probs are summed per pair through `pair_index`.
+
 PaliGemma and PaliGemma 2 (prefix-LMs) get a bidirectional prefix block and 1-indexed positions, Gemma 3
 bidirectional blocks over each image and a second, sliding-window mask for its local layers: see
 align/packing_families.py, whose `FamilyLayout` the collator takes from the model (`family_layout`).
@@ -91,6 +95,22 @@ def mrope_prefix_positions(prefix: torch.Tensor, image_token_id: int, grids, mer
     return torch.cat(pieces, dim=1)
 
 
+def group_pairs(lengths: list[int], row_tokens: int | None) -> list[list[int]]:
+    """Pair indices per row, in order: consecutive pairs share a row while their packed lengths fit in
+    `row_tokens` (a longer pair gets a row of its own); None = one pair per row."""
+    if row_tokens is None:
+        return [[i] for i in range(len(lengths))]
+    groups, used = [], 0
+    for i, length in enumerate(lengths):
+        if groups and used + length <= row_tokens:
+            groups[-1].append(i)
+            used += length
+        else:
+            groups.append([i])
+            used = length
+    return groups
+
+
 def _record_name(example: dict, index: int) -> str:
     for key in ("prompt_id", "id"):
         if example.get(key) is not None:
@@ -103,8 +123,11 @@ class PackedPairCollator:
     """Collates conversational vision pairs into packed rows (see the module docstring).
 
     Outputs `input_ids`, `attention_mask` (4D, additive), `position_ids`, `labels` (-100 outside the completions),
-    `segments` (CHOSEN / REJECTED on completion tokens), the processor's image tensors, and `ref_chosen_logps` /
-    `ref_rejected_logps` when the examples carry them.
+    `segments` (CHOSEN / REJECTED on completion tokens), `pair_index` (the pair each token belongs to, -1 on
+    padding; with `row_tokens` a row holds several pairs), `pair_bounds` (per token, its pair's prefix end, x and
+    bidirectional-prompt end, for the flex mask), the processor's image tensors (one image set per pair, in pair
+    order, which is the order of their tokens in the rows), and `ref_chosen_logps` / `ref_rejected_logps` (one
+    per pair) when the examples carry them.
     """
 
     processor: Any
@@ -118,8 +141,12 @@ class PackedPairCollator:
     # `family_layout(model)`: PaliGemma's bidirectional prompt block and 1-indexed positions, Gemma 3's image
     # blocks and sliding-window mask; the causal default for every other family.
     layout: FamilyLayout = FamilyLayout()
-    # flex_attention models: no dense mask; the trainer builds a BlockMask from `pair_bounds` (align/packing_flex.py).
+    # flex_attention models: no dense mask; the trainer builds a BlockMask from `pair_index` and `pair_bounds`
+    # (align/packing_flex.py).
     flex: bool = False
+    # Several pairs per row (padding-free): whole pairs are packed, in order, into rows of at most this many
+    # tokens, each pair with its own positions and a block-diagonal mask; None = one pair per row.
+    row_tokens: int | None = None
 
     def __post_init__(self):
         self.processor = completion_processor(self.processor)  # PaliGemma: completions through its tokenizer
@@ -215,50 +242,68 @@ class PackedPairCollator:
         pad_id = self.processor.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.processor.tokenizer.eos_token_id
-        width = max(len(p) + len(c) + 1 + len(r) for p, c, r in rows)
-        b = len(rows)
+        lengths = [len(p) + len(c) + 1 + len(r) for p, c, r in rows]
+        groups = group_pairs(lengths, self.row_tokens)
+        width = max(sum(lengths[i] for i in group) for group in groups)
+        b = len(groups)
         input_ids = torch.full((b, width), pad_id, dtype=torch.long)
         rope_rows = 1 if prefix_positions is None else 3
         position_ids = torch.zeros((rope_rows, b, width), dtype=torch.long)
         labels = torch.full((b, width), -100, dtype=torch.long)
         segments = torch.zeros((b, width), dtype=torch.long)
-        bounds = torch.zeros((b, 4), dtype=torch.long)  # the mask's rule in 4 numbers per row (pair_block_mask)
+        pair_index = torch.full((b, width), -1, dtype=torch.long)  # which pair each token belongs to; -1 = padding
+        bounds = torch.zeros((b, 3, width), dtype=torch.long)  # per token, its pair's (n, x, p): pair_block_mask
         allowed = None if self.flex else torch.zeros((b, width, width), dtype=torch.bool)
         causal = torch.ones((width, width), dtype=torch.bool).tril()
-        for i, (prefix, chosen, rejected) in enumerate(rows):
-            n, c, r = len(prefix), len(chosen), len(rejected)
-            # x re-reads the last prefix token so rejected[0] gets its own prediction slot: the vision tower and
-            # the shared prompt then run once per pair instead of twice.
-            x = n + c
-            end = x + 1 + r
-            input_ids[i, :end] = torch.cat([prefix, chosen, prefix[-1:], rejected])
-            offset = self.layout.position_offset  # PaliGemma positions start at 1
-            prefix_pos = torch.arange(offset, offset + n)[None] if prefix_positions is None else prefix_positions[i]
-            # The prefix ends on a text token (checked in __call__), so what follows it continues from its
-            # position + 1 in every rope row, as in the unpacked prefix+chosen and prefix+rejected sequences.
-            last = prefix_pos[:, -1:]
-            position_ids[:, i, :end] = torch.cat([prefix_pos, last + 1 + torch.arange(c), last,
-                                                  last + 1 + torch.arange(r)], dim=1)
-            labels[i, n:x], labels[i, x + 1:end] = chosen, rejected
-            segments[i, n:x], segments[i, x + 1:end] = CHOSEN, REJECTED
-            bounds[i] = torch.tensor([n, x, end, n if self.layout.bidirectional_prefix else 0])
-            if allowed is None:
-                continue
-            allowed[i, :end, :end] = causal[:end, :end]
-            if self.layout.bidirectional_prefix:  # prefix-LM: the prompt sees all of itself, still nothing after it
-                allowed[i, :n, :n] = True
-            if self.layout.image_block_token_id is not None:  # Gemma 3: each image's tokens see all of that image
-                allowed[i, :n, :n] |= image_blocks(prefix, self.layout.image_block_token_id)
-            allowed[i, x:end, n - 1:x] = False  # x and rejected: not the last prefix token, not chosen
-            idx = torch.arange(end, width)
-            allowed[i, idx, idx] = True  # padding rows see themselves only: finite softmax, never read
-        batch = {"input_ids": input_ids, "labels": labels, "segments": segments, "pair_bounds": bounds}
+        for row, group in enumerate(groups):
+            start = 0
+            for i in group:
+                prefix, chosen, rejected = rows[i]
+                n, c, r = len(prefix), len(chosen), len(rejected)
+                # x re-reads the last prefix token so rejected[0] gets its own prediction slot: the vision tower
+                # and the shared prompt then run once per pair instead of twice.
+                x = n + c
+                end = x + 1 + r
+                block = slice(start, start + end)
+                input_ids[row, block] = torch.cat([prefix, chosen, prefix[-1:], rejected])
+                offset = self.layout.position_offset  # PaliGemma positions start at 1
+                prefix_pos = torch.arange(offset, offset + n)[None] if prefix_positions is None else prefix_positions[i]
+                # The prefix ends on a text token (checked in __call__), so what follows it continues from its
+                # position + 1 in every rope row, as in the unpacked prefix+chosen and prefix+rejected sequences.
+                # Each pair of a row restarts its own positions, as if it were alone.
+                last = prefix_pos[:, -1:]
+                position_ids[:, row, block] = torch.cat([prefix_pos, last + 1 + torch.arange(c), last,
+                                                         last + 1 + torch.arange(r)], dim=1)
+                labels[row, start + n:start + x], labels[row, start + x + 1:start + end] = chosen, rejected
+                segments[row, start + n:start + x], segments[row, start + x + 1:start + end] = CHOSEN, REJECTED
+                pair_index[row, block] = i
+                p = n if self.layout.bidirectional_prefix else 0
+                bounds[row, :, block] = torch.tensor([start + n, start + x, start + p])[:, None]
+                if allowed is not None:
+                    allowed[row, block, block] = self._pair_mask(prefix, x, end, causal)
+                start += end
+            if allowed is not None:
+                idx = torch.arange(start, width)
+                allowed[row, idx, idx] = True  # padding rows see themselves only: finite softmax, never read
+        batch = {"input_ids": input_ids, "labels": labels, "segments": segments, "pair_index": pair_index,
+                 "pair_bounds": bounds}
         if allowed is not None:
             masks = layer_masks(allowed, position_ids[0], self.layout)  # Gemma 3: {full, sliding} masks
             batch["attention_mask"] = ({k: self._as_mask(v) for k, v in masks.items()} if isinstance(masks, dict)
                                        else self._as_mask(masks))
         batch["position_ids"] = position_ids[0] if prefix_positions is None else position_ids  # (b, w) or (3, b, w)
         return batch
+
+    def _pair_mask(self, prefix: torch.Tensor, x: int, end: int, causal: torch.Tensor) -> torch.Tensor:
+        """(end, end) bool: what each token of one pair's block (prefix | chosen | x | rejected) may read."""
+        n = len(prefix)
+        allowed = causal[:end, :end].clone()
+        if self.layout.bidirectional_prefix:  # prefix-LM: the prompt sees all of itself, still nothing after it
+            allowed[:n, :n] = True
+        if self.layout.image_block_token_id is not None:  # Gemma 3: each image's tokens see all of that image
+            allowed[:n, :n] |= image_blocks(prefix, self.layout.image_block_token_id)
+        allowed[x:end, n - 1:x] = False  # x and rejected: not the last prefix token, not chosen
+        return allowed
 
     def _as_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """(b, 1, w, w) attention mask from the (b, w, w) allowed pairs."""

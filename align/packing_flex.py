@@ -8,6 +8,10 @@ length n, x = n + len(chosen) (the copy of the last prefix token) and end = x + 
     causal (key <= query), and keys in [n - 1, x) are hidden from queries >= x (x and rejected see the prefix
     minus its last token, never chosen); PaliGemma's prompt sees all of itself; padding queries see themselves.
 
+With several pairs per row (`row_tokens`) the same rule holds inside each pair's block, in row coordinates, and
+no token reads another pair's: the block map then skips every off-diagonal block, so attention costs what the
+pairs cost apart.
+
 This is the rule `PackedPairCollator._pack` writes densely; tests/test_fast_dpo_flex.py checks that both give
 the same logits. Gemma 3's per-image blocks and sliding window are not expressed here, transformers has no
 flex_attention for Qwen2-VL / Qwen2.5-VL, and Idefics3 / SmolVLM are unchecked (`flex_unsupported`): those keep
@@ -55,19 +59,23 @@ def run_flash_on_flex(model) -> bool:
     return True
 
 
-def pair_block_mask(bounds: torch.Tensor, width: int):
-    """BlockMask over (rows, width, width) from the collator's `pair_bounds`: a (rows, 4) long tensor of
-    (n, x, end, p) per row, p = n where the prompt sees all of itself (PaliGemma), else 0."""
+def pair_block_mask(pair_index: torch.Tensor, bounds: torch.Tensor):
+    """BlockMask over (rows, width, width) from the collator's `pair_index` (rows, width; -1 = padding) and
+    `pair_bounds` (rows, 3, width): per token, its pair's n, x and p (absolute in the row; p = the end of a
+    prompt that sees all of itself, PaliGemma, else the pair's start). Keys of another pair are never read."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     # Separate contiguous tensors, not views of `bounds`: torch 2.13's CPU inductor fails to lower a mask_mod
     # that reads views ("All the buffers in the score and mask subgraph should be in ...input_buffers").
-    n, x, end, p = (bounds[:, i].contiguous() for i in range(4))
+    n, x, p = (bounds[:, i].contiguous() for i in range(3))
+    pair = pair_index.contiguous()
 
     def allowed(b, h, q, kv):
-        seen = (kv <= q) | ((q < p[b]) & (kv < p[b]))
-        hidden = (q >= x[b]) & (kv >= n[b] - 1) & (kv < x[b])  # x and rejected never read chosen
-        padding = q >= end[b]
-        return (~padding & seen & ~hidden) | (padding & (kv == q))
+        same = pair[b, q] == pair[b, kv]
+        seen = (kv <= q) | ((q < p[b, q]) & (kv < p[b, q]))
+        hidden = (q >= x[b, q]) & (kv >= n[b, q] - 1) & (kv < x[b, q])  # x and rejected never read chosen
+        padding = pair[b, q] < 0
+        return (~padding & same & seen & ~hidden) | (padding & (kv == q))
 
-    return create_block_mask(allowed, B=bounds.shape[0], H=None, Q_LEN=width, KV_LEN=width, device=bounds.device)
+    rows, width = pair_index.shape
+    return create_block_mask(allowed, B=rows, H=None, Q_LEN=width, KV_LEN=width, device=pair_index.device)

@@ -19,7 +19,7 @@ import yaml
 SECTIONS = ("model", "seed", "rounds", "toy_checkpoint", "source", "sample", "judge", "pairs", "train", "eval", "gate")
 SOURCE_KEYS = {"toy_world": {"type", "split", "n", "start", "exclude_seen", "world", "qa_fraction"},
                "jsonl": {"type", "path", "max_images"}}
-TRAIN_KEYS = {"dpo", "peft", "dtype", "accelerate_config", "mdpo", "quantization", "fast"}
+TRAIN_KEYS = {"dpo", "peft", "dtype", "accelerate_config", "mdpo", "quantization", "fast", "row_tokens"}
 EVAL_KEYS = {"source", "benchmark", "metric", "max_new_tokens", "batch_size", "before"}
 # Built-in judges that recipes may already name; until they are registered they fail at execution only.
 PLANNED_JUDGES = {"claims": "claim-level verifier judge"}
@@ -187,6 +187,10 @@ def resolve(raw: dict) -> dict:
         if not isinstance(train["fast"], bool):
             raise ValueError(f"train.fast must be true or false, got {train['fast']!r}")
         cfg["train"]["fast"] = train["fast"]
+    if train.get("row_tokens") is not None:  # several pairs per row on the fast path (added only when set, as fast)
+        if not isinstance(train["row_tokens"], int) or isinstance(train["row_tokens"], bool) or train["row_tokens"] < 1:
+            raise ValueError(f"train.row_tokens must be a positive number of tokens, got {train['row_tokens']!r}")
+        cfg["train"]["row_tokens"] = train["row_tokens"]
     cfg["train_resolved"] = {"dpo": args, "peft": tc.lora_args()}  # shown in the plan; DEFAULT_* applied
 
     ev = _section(raw, "eval", {})

@@ -207,7 +207,7 @@ def train_config(cfg: dict, round_dir: Path, ckpt: str) -> dict:
     t = cfg["train"]
     return {"model": ckpt, "pairs": str(round_dir / "pairs" / "dataset"), "output_dir": str(round_dir / "train"),
             "dpo": t["dpo"], "peft": t["peft"], "dtype": t["dtype"], "mdpo": t["mdpo"],
-            "quantization": t["quantization"], "fast": t.get("fast", True)}
+            "quantization": t["quantization"], "fast": t.get("fast", True), "row_tokens": t.get("row_tokens")}
 
 
 def launch_command(cfg: dict, config_json: Path) -> list[str]:

@@ -9,7 +9,7 @@ KEEP = ["images", "prompt", "chosen", "rejected"]
 
 
 def _build(tiny_checkpoint, pairs_dataset, tmp_path, fast: bool, lora: bool, dpo: dict | None = None,
-           checkpoint=None, cache_dir=None, attention=None):
+           checkpoint=None, cache_dir=None, attention=None, row_tokens=None):
     import datasets
     from trl import DPOTrainer
 
@@ -30,7 +30,8 @@ def _build(tiny_checkpoint, pairs_dataset, tmp_path, fast: bool, lora: bool, dpo
         return FastVisionDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                                     peft_config=make_lora_config(cfg),
                                     # "run folder": the trainer's default, <output_dir>/ref_logps
-                                    ref_cache_dir=None if cache_dir == "run folder" else cache_dir or tmp_path / "cache")
+                                    ref_cache_dir=None if cache_dir == "run folder" else cache_dir or tmp_path / "cache",
+                                    row_tokens=row_tokens)
     return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                       peft_config=make_lora_config(cfg))
 
@@ -79,6 +80,34 @@ def test_loss_and_grads_equal_trl(tiny_checkpoint, pairs_dataset, tmp_path, lora
     assert len(set(prompt_lengths.tolist())) > 1  # prompts of different lengths: the processor left-pads them
     _perturb([reference, fast])
     _assert_same(reference, fast)
+
+
+@pytest.mark.parametrize("lora,attention,dpo", [
+    (True, "sdpa", {}), (False, "eager", {}), (True, "sdpa", {"loss_type": ["ipo", "sft"], "loss_weights": [1.0, 0.3]}),
+    (True, "sdpa", {"max_length": 24})], ids=["lora-sdpa", "full-eager", "ipo+sft", "truncated"])
+def test_several_pairs_per_row_equal_trl(tiny_checkpoint, pairs_dataset, tmp_path, lora, attention, dpo):
+    """Padding-free rows (row_tokens): whole pairs share rows, each with its own positions and a block of the
+    mask; loss, per-pair terms (ipo's token counts) and gradients still equal trl's."""
+    reference = _build(tiny_checkpoint, pairs_dataset, tmp_path, fast=False, lora=lora, attention=attention, dpo=dpo)
+    fast = _build(tiny_checkpoint, pairs_dataset, tmp_path, fast=True, lora=lora, attention=attention, dpo=dpo,
+                  row_tokens=100)
+    batch = fast.data_collator([dict(r) for r in fast.train_dataset])
+    pairs_per_row = [len(set(row.tolist()) - {-1}) for row in batch["pair_index"]]
+    assert max(pairs_per_row) >= 2 and sum(pairs_per_row) == len(fast.train_dataset), pairs_per_row
+    assert batch["input_ids"].shape[1] <= 100
+    # Positions restart with every pair: as many zeros per row as pairs in it.
+    starts = (batch["position_ids"] == 0) & (batch["pair_index"] >= 0)
+    assert starts.sum(dim=1).tolist() == pairs_per_row
+    _perturb([reference, fast])
+    _assert_same(reference, fast)
+
+
+def test_one_pair_rows_and_packed_rows_give_the_same_reference_logps(tiny_checkpoint, pairs_dataset, tmp_path):
+    one = _build(tiny_checkpoint, pairs_dataset, tmp_path / "one", fast=True, lora=True)
+    packed = _build(tiny_checkpoint, pairs_dataset, tmp_path / "packed", fast=True, lora=True, row_tokens=200)
+    for key in ("ref_chosen_logps", "ref_rejected_logps"):
+        torch.testing.assert_close(torch.tensor(packed.train_dataset[key]), torch.tensor(one.train_dataset[key]),
+                                   atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dpo", [

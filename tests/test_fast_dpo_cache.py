@@ -8,6 +8,8 @@ import json
 import shutil
 import weakref
 
+from pathlib import Path
+
 import pytest
 import torch
 from test_fast_dpo import KEEP, _assert_same, _build, _perturb
@@ -245,6 +247,18 @@ def test_recipe_key_train_fast():
     assert "fast" not in resolve(RECIPE)["train"]  # unset: earlier recipes keep their hash
     with pytest.raises(ValueError, match="train.fast"):
         resolve({**RECIPE, "train": {"fast": "no"}})
+
+
+def test_recipe_key_train_row_tokens():
+    from halign.recipes.config import resolve
+    from halign.recipes.runner import train_config
+
+    cfg = resolve({**RECIPE, "train": {"row_tokens": 2048}})
+    assert train_config(cfg, Path("run"), "ckpt")["row_tokens"] == 2048
+    assert "row_tokens" not in resolve(RECIPE)["train"]  # unset: earlier recipes keep their hash
+    for bad in (0, "many", True):
+        with pytest.raises(ValueError, match="train.row_tokens"):
+            resolve({**RECIPE, "train": {"row_tokens": bad}})
 
 
 def test_cli_overrides_read_exponent_floats():
