@@ -20,10 +20,11 @@ def test_device_check_smoke_writes_its_summary(tmp_path):
     checks = summary["checks"]
     assert not [name for name, record in checks.items() if "error" in record], checks
     for family in ("llava", "qwen2_5_vl"):
-        assert checks[f"agreement/{family}/sdpa"]["ok"]
-        for side in ("trl (sdpa)", "fast (sdpa)"):
+        assert checks[f"agreement/{family}/sdpa"]["ok"] and checks[f"agreement/{family}/sdpa, pairs per row"]["ok"]
+        for side in ("trl (sdpa)", "fast (sdpa)", "fast (sdpa, pairs per row)"):
             assert checks[f"timing/{family}/{side}"]["seconds_per_step"] > 0
-        assert set(summary["ratios"][family]) == {"fast (sdpa)"}
+        assert set(summary["ratios"][family]) == {"fast (sdpa)", "fast (sdpa, pairs per row)"}
+        assert checks[f"timing/{family}/fast (sdpa, pairs per row)"]["rows"][0] == 1  # both pairs in one row
     assert "backward on CPU" in checks["timing/llava/fast (flex)"]["skipped"]  # flex trains on GPUs only
     for name in ("zero2", "zero3", "qlora"):  # skipped (with the reason) or run; never silently absent
         assert name in checks

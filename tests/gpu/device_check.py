@@ -7,8 +7,9 @@ Checks, each isolated (an error is recorded with its traceback and the next chec
                                   the reference identically (LLaVA at LLaVA-1.5-7B widths, Qwen2.5-VL at 7B widths,
                                   2 decoder + 2 vision layers, 576 image tokens: 336 px CLIP / 672 px Qwen)
   timing/<family>/<side>          seconds per step (median) and peak CUDA memory, trl (sdpa) vs fast (sdpa) vs fast
-                                  (flex; LLaVA only: transformers has no flex for Qwen2.5-VL), 8 pairs, 100-200-token
-                                  answers, LoRA; one trainer alive at a time
+                                  (flex; LLaVA only: transformers has no flex for Qwen2.5-VL), each also with several
+                                  pairs per row (row_tokens 4096), 8 pairs, 100-200-token answers, LoRA; one trainer
+                                  alive at a time (agreement is checked with pairs per row too)
   zero2 / zero3                   2 training steps through `halign train --accelerate-config zeroN` (trl's path:
                                   the fast path is not integrated with DeepSpeed yet), if deepspeed imports
   qlora                           one QLoRA DPO step (halign.align.dpo.train, quantization=True), if bitsandbytes imports
@@ -117,7 +118,8 @@ def write_pairs(folder: Path, n: int, image: int, answer_tokens: tuple[int, int]
     return folder / "pairs"
 
 
-def make_trainer(checkpoint: Path, pairs: Path, out: Path, fast: bool, attention: str, dtype: str, n: int):
+def make_trainer(checkpoint: Path, pairs: Path, out: Path, fast: bool, attention: str, dtype: str, n: int,
+                 row_tokens: int | None = None):
     """(trainer, one batch of all n pairs on the trainer's device, AdamW over the trainable parameters), LoRA."""
     import datasets
     from trl import DPOTrainer
@@ -138,7 +140,7 @@ def make_trainer(checkpoint: Path, pairs: Path, out: Path, fast: bool, attention
     model.train()
     kwargs = dict(model=model, args=args, train_dataset=dataset, processing_class=processor,
                   peft_config=make_lora_config(cfg))
-    trainer = (FastVisionDPOTrainer(**kwargs, ref_cache_dir=out / "cache") if fast
+    trainer = (FastVisionDPOTrainer(**kwargs, ref_cache_dir=out / "cache", row_tokens=row_tokens) if fast
                else DPOTrainer(**kwargs, data_collator=make_data_collator(processor, args)))
     batch = trainer._prepare_inputs(trainer.data_collator([dict(r) for r in trainer.train_dataset]))
     optimizer = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=1e-5)
@@ -170,11 +172,15 @@ def release(*objects) -> None:
         torch.cuda.empty_cache()
 
 
-def check_agreement(ctx, family: str, attention: str) -> dict:
+def check_agreement(ctx, family: str, attention: str, packed: bool = False) -> dict:
     found = {}
     for fast in (False, True):
-        trainer, batch, _ = make_trainer(ctx["ckpt"][family], ctx["pairs"][family], ctx["tmp"] / f"agree_{family}_{attention}_{fast}",
-                                         fast=fast, attention=attention if fast else "sdpa", dtype=ctx["dtype"], n=2)
+        trainer, batch, _ = make_trainer(ctx["ckpt"][family], ctx["pairs"][family],
+                                         ctx["tmp"] / f"agree_{family}_{attention}_{fast}_{packed}",
+                                         fast=fast, attention=attention if fast else "sdpa", dtype=ctx["dtype"], n=2,
+                                         row_tokens=ctx["row_tokens"] if fast and packed else None)
+        if fast and packed:
+            assert batch["input_ids"].shape[0] == 1, f"2 pairs did not share a row: {tuple(batch['input_ids'].shape)}"
         perturb(trainer.model)
         found[fast] = loss_and_grads(trainer, batch)
         release(trainer, batch)
@@ -196,8 +202,9 @@ def check_timing(ctx, family: str, side: str) -> dict:
     n = ctx["batch"]
     started = time.perf_counter()
     trainer, batch, optimizer = make_trainer(ctx["ckpt"][family], ctx["pairs"][family],
-                                             ctx["tmp"] / f"time_{family}_{side.replace(' ', '_')}",
-                                             fast=fast, attention=attention, dtype=ctx["dtype"], n=n)
+                                             ctx["tmp"] / f"time_{family}_{side.replace(' ', '_').replace(',', '')}",
+                                             fast=fast, attention=attention, dtype=ctx["dtype"], n=n,
+                                             row_tokens=ctx["row_tokens"] if "pairs per row" in side else None)
     build = time.perf_counter() - started
     warm = step(trainer, batch, optimizer)  # includes torch.compile of flex attention on its first call
     runs = [step(trainer, batch, optimizer) for _ in range(ctx["runs"])]
@@ -253,8 +260,11 @@ def plan(ctx) -> list[tuple[str, callable]]:
     for family in ctx["families"]:
         for attention in ["sdpa"] + (["flex_attention"] if family in FLEX_FAMILIES else []):
             checks.append((f"agreement/{family}/{attention}", lambda f=family, a=attention: check_agreement(ctx, f, a)))
+            checks.append((f"agreement/{family}/{attention}, pairs per row",
+                           lambda f=family, a=attention: check_agreement(ctx, f, a, packed=True)))
     for family in ctx["families"]:
-        for side in ["trl (sdpa)", "fast (sdpa)"] + (["fast (flex)"] if family in FLEX_FAMILIES else []):
+        flex = ["fast (flex)", "fast (flex, pairs per row)"] if family in FLEX_FAMILIES else []
+        for side in ["trl (sdpa)", "fast (sdpa)", "fast (sdpa, pairs per row)"] + flex:
             checks.append((f"timing/{family}/{side}", lambda f=family, s=side: check_timing(ctx, f, s)))
     checks += [("zero2", lambda: check_zero(ctx, "zero2")), ("zero3", lambda: check_zero(ctx, "zero3")),
                ("qlora", lambda: check_qlora(ctx))]
@@ -346,6 +356,8 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         ctx = {"tmp": tmp, "dtype": "bfloat16" if cuda else "float32", "families": list(sizes),
                "batch": 2 if args.smoke else 8, "runs": 1 if args.smoke else 3, "ckpt": {}, "pairs": {},
+               # Several pairs per row: room for about 4 pairs of 576 image tokens and two 100-200-token answers.
+               "row_tokens": 512 if args.smoke else 4096,
                # bf16: both sides round differently (two rows vs one packed row), so agreement is to bf16 precision.
                "tolerance": {"loss": 2e-2, "grad_rel": 0.1} if cuda else {"loss": 1e-4, "grad_rel": 1e-3}}
         answers = (5, 10) if args.smoke else (100, 200)
