@@ -11,8 +11,22 @@ One entry point, `load_source(spec) -> (records, skipped)`, with `spec["type"]` 
           prompt records hold paths
   coco    COCO images + a captions file: {"type": "coco", "images": DIR, "captions": captions_*.json,
           "instances": instances_*.json (optional: objects), "limit": N}
-  video   records whose `frames` (a list of frame paths) or `video` (a folder of frames) become a
-          multi-image prompt: {"type": "video", "path": FILE, "max_frames": 8}
+  video   records whose `frames` / `video` is a clip: a list of frame paths, a folder of frames (name order)
+          or a video file (.mp4, .avi, .mkv, .webm, .mov, ...; decoded with PyAV, an optional dependency:
+          `pip install av`): {"type": "video", "path": FILE, "max_frames": 8, "fps": 2, "frame_dir": DIR,
+          "as": "images"}
+            fps         keep this many frames per second of video (needs the clip's rate: a file's own, or
+                        `video_fps` in the record or spec for frames); never adds frames
+            max_frames  then keep at most this many, evenly spaced, first frame included
+            frame_dir   where a decoded file's kept frames are written, as <frame_dir>/<id>/<index>.png
+                        (prompt records hold paths); required for video files
+            as          "images" (default): the frames become a multi-image prompt, one image part each;
+                        "video": a native video record for models that read video (Qwen2-VL / 2.5-VL,
+                        LLaVA-NeXT-Video): `video` holds the frame paths, `images` is empty, `messages`
+                        is one user turn [{"type": "video"}, {"type": "text", ...}] as transformers' chat
+                        templates expect, `question` is kept, and `video_fps` is the rate of the kept
+                        frames where known (Qwen2.5-VL's seconds per temporal patch come from it)
+          See data_gen/video_frames.py for the sampling rule.
 
 Key aliases accepted in jsonl / json / hf / video records (the ShareGPT4V / LLaVA-Hound shapes), first match
 wins; anything else in a record is kept as is:
@@ -38,6 +52,7 @@ from typing import Any
 from PIL import Image
 
 from halign.data_gen.io import read_records
+from halign.data_gen.video_frames import decode_video, is_video_file, sample_indices, sampled_fps
 
 DEFAULT_QUESTION = "Describe the image in detail."
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
@@ -46,6 +61,7 @@ IMAGE_KEYS = ("images", "image", "frames", "video")
 QUESTION_KEYS = ("question", "prompt", "instruction")
 CAPTION_KEYS = ("caption", "detailed_caption", "description")
 SOURCE_TYPES = ("toy", "jsonl", "json", "hf", "coco", "video")
+VIDEO_MODES = ("images", "video")
 
 
 class SkipRecord(ValueError):
@@ -59,6 +75,8 @@ def load_source(spec: dict) -> tuple[list[dict], list[dict]]:
     kind = spec["type"]
     if kind == "toy":
         return _toy(spec), []
+    if spec.get("as", "images") not in VIDEO_MODES or (spec.get("as") == "video" and kind != "video"):
+        raise ValueError(f"'as' is one of {VIDEO_MODES}, and 'video' only for the video source; got {spec.get('as')!r}")
     if kind in ("jsonl", "json", "video"):
         path = Path(_required(spec, "path"))
         rows = read_records(path)
@@ -111,9 +129,7 @@ def normalize_records(rows, spec: dict, default_root: Path | None = None,
 def normalize_record(row: dict, rid: str, spec: dict, root: Path | None, source: str) -> dict:
     if not isinstance(row, dict):
         raise SkipRecord(f"expected an object, got {type(row).__name__}")
-    images = _image_list(row, root, spec)
-    if spec.get("type") == "video" and len(images) < 1:
-        raise SkipRecord("video record has no frames")
+    images, video_fps = _image_list(row, rid, root, spec)
     question = _first(row, QUESTION_KEYS)
     messages = row.get("messages")
     caption = _first(row, CAPTION_KEYS)
@@ -128,10 +144,29 @@ def normalize_record(row: dict, rid: str, spec: dict, root: Path | None, source:
     alias_keys = set(ID_KEYS + IMAGE_KEYS + QUESTION_KEYS + CAPTION_KEYS) | {"conversations"}
     record = {k: v for k, v in row.items() if k not in alias_keys}
     record.update({"id": rid, "images": images, "caption": caption, "source": row.get("source", source)})
+    if spec.get("as") == "video":
+        return _native_video(record, messages, question, video_fps)
     if messages:
         record["messages"] = messages
     else:
         record["question"] = str(question)
+    return record
+
+
+def _native_video(record: dict, messages: list | None, question: Any, video_fps: float | None) -> dict:
+    """The frames as one video part instead of one image part each (spec "as": "video")."""
+    record["video"], record["images"] = record["images"], []
+    if messages:
+        parts = [p for m in messages if isinstance(m.get("content"), list) for p in m["content"]]
+        if not any(isinstance(p, dict) and p.get("type") == "video" for p in parts):
+            raise SkipRecord('native video record: its messages have no {"type": "video"} part')
+        record["messages"] = messages
+    else:
+        record["question"] = str(question)
+        record["messages"] = [{"role": "user", "content": [{"type": "video"},
+                                                           {"type": "text", "text": str(question)}]}]
+    if video_fps:
+        record["video_fps"] = video_fps
     return record
 
 
@@ -154,7 +189,9 @@ def _sharegpt(turns: list) -> tuple[str | None, str | None]:
     return question, answer
 
 
-def _image_list(row: dict, root: Path | None, spec: dict) -> list[str]:
+def _image_list(row: dict, rid: str, root: Path | None, spec: dict) -> tuple[list[str], float | None]:
+    """The record's image paths (a clip's sampled frames) and, for a clip of known rate, the kept frames'
+    rate."""
     value = _first(row, IMAGE_KEYS)
     if value is None:
         raise SkipRecord("no image (keys: " + ", ".join(IMAGE_KEYS) + ")")
@@ -163,18 +200,32 @@ def _image_list(row: dict, root: Path | None, spec: dict) -> list[str]:
         path = Path(str(item)).expanduser()
         if not path.is_absolute() and root is not None:
             path = root / path
+        if spec.get("type") == "video" and is_video_file(path):
+            return _decoded_clip(path, rid, spec)
         if path.is_dir():  # a video as a folder of frames, in name order
             paths.extend(sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
         else:
             paths.append(str(path))
     if not paths:
         raise SkipRecord(f"no frames found in {value!r}")
-    max_frames = spec.get("max_frames")
-    if max_frames and len(paths) > int(max_frames):
-        # Evenly spaced frames cover the whole clip, as video MLLMs sample them.
-        step = len(paths) / int(max_frames)
-        paths = [paths[int(i * step)] for i in range(int(max_frames))]
-    return paths
+    clip_fps = row.get("video_fps") or spec.get("video_fps")
+    if spec.get("fps") and not clip_fps:
+        raise SkipRecord("fps sampling of frame files needs the clip's rate: 'video_fps' in the record or spec")
+    # Evenly spaced frames cover the whole clip, as video MLLMs sample them.
+    keep = sample_indices(len(paths), clip_fps, spec.get("fps"), spec.get("max_frames"))
+    return [paths[i] for i in keep], sampled_fps(len(paths), len(keep), clip_fps)
+
+
+def _decoded_clip(path: Path, rid: str, spec: dict) -> tuple[list[str], float | None]:
+    if not path.is_file():
+        raise SkipRecord(f"video not found: {path}")
+    if not spec.get("frame_dir"):
+        raise ValueError("video source: video files are decoded to frame files; give 'frame_dir' in the spec")
+    out_dir = Path(spec["frame_dir"]) / rid.replace("/", "_")
+    try:
+        return decode_video(path, out_dir, spec.get("fps"), spec.get("max_frames"))
+    except ValueError as err:  # unreadable or empty file: this record only
+        raise SkipRecord(str(err)) from None
 
 
 def check_images(paths: list[str], mode: str = "header") -> None:
