@@ -1,6 +1,7 @@
 """Fast vision DPO (align/fast_dpo.py) vs plain trl.DPOTrainer: time and peak memory per training step.
 
     python tests/benchmarks/train_step.py [--pairs 4] [--runs 3] [--modes lora,full] [--family llava|qwen2_vl]
+                                          [--mixed-lengths] [--row-tokens N]
 
 A small LLaVA built from config classes (CLIP 224 px / 28 px patches -> 64 image tokens, 4 x 256 vision layers;
 Llama decoder 512 hidden, 4 layers, 8000-token vocabulary; ~27M parameters), saved to a temporary folder so
@@ -8,7 +9,9 @@ both trainers load the reference the same way. `--family qwen2_vl`: the same pro
 architecture (14 px patches merged 2x2 -> 64 image tokens, 3D rope positions; the packed row's positions are
 computed by halign's collator). Pairs: random 224 px images, a short question, answers of about
 14 tokens (image tokens ~4.5x the answer tokens). Same pairs, same seed, activation checkpointing off on both
-sides, one batch of all pairs per step.
+sides, one batch of all pairs per step. `--mixed-lengths`: answers of 3 to 12 objects (about 10 to 60 tokens),
+so one-pair-per-row batches carry padding; `--row-tokens N` adds a third side, the fast path with several pairs
+per row (align/packing.py, padding-free), measured in the same interleaved run.
 
 A step is zero_grad(set_to_none) + trainer.training_step (forward + backward) + AdamW step. Steps are interleaved
 (ours, trl, trl, ours, ...) after one untimed warm-up step each, and the median of --runs is reported.
@@ -93,7 +96,7 @@ def build_qwen2_vl_checkpoint(folder: Path) -> Path:
 BUILDERS = {"llava": build_checkpoint, "qwen2_vl": build_qwen2_vl_checkpoint}
 
 
-def build_pairs(folder: Path, n: int) -> Path:
+def build_pairs(folder: Path, n: int, mixed: bool = False) -> Path:
     import numpy as np
     from PIL import Image
 
@@ -105,9 +108,10 @@ def build_pairs(folder: Path, n: int) -> Path:
     for i in range(n):
         path = folder / f"image_{i}.png"
         Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(path)
-        objects = [f"a {colours[(i + k) % 3]} {shapes[(i + 2 * k) % 4]}" for k in range(3)]
+        count = 3 + (i * 7) % 10 if mixed else 3  # mixed: 3 to 12 objects, spread over the pairs
+        objects = [f"a {colours[(i + k) % 3]} {shapes[(i + 2 * k) % 4]}" for k in range(count)]
         chosen = ", ".join(objects) + " ."
-        rejected = ", ".join(objects[:2]) + f" and a {colours[i % 3]} star ."
+        rejected = ", ".join(objects[:-1]) + f" and a {colours[i % 3]} star ."
         rows.append({"image_paths": [str(path)], "prompt": [{"role": "user", "content": "describe the image ."}],
                      "chosen": [{"role": "assistant", "content": chosen}],
                      "rejected": [{"role": "assistant", "content": rejected}],
@@ -116,7 +120,7 @@ def build_pairs(folder: Path, n: int) -> Path:
     return folder / "pairs"
 
 
-def make_trainer(checkpoint: Path, pairs: Path, out: Path, fast: bool, lora: bool, n: int):
+def make_trainer(checkpoint: Path, pairs: Path, out: Path, fast: bool, lora: bool, n: int, row_tokens: int | None = None):
     import datasets
     from trl import DPOTrainer
 
@@ -131,9 +135,9 @@ def make_trainer(checkpoint: Path, pairs: Path, out: Path, fast: bool, lora: boo
     dataset = datasets.load_from_disk(str(pairs)).select_columns(["images", "prompt", "chosen", "rejected", "prompt_id"])
     model, processor = load_policy(checkpoint)
     model.train()
-    cls = FastVisionDPOTrainer if fast else DPOTrainer
-    trainer = cls(model=model, args=args, train_dataset=dataset, processing_class=processor,
+    kwargs = dict(model=model, args=args, train_dataset=dataset, processing_class=processor,
                   peft_config=make_lora_config(cfg))
+    trainer = FastVisionDPOTrainer(**kwargs, row_tokens=row_tokens) if fast else DPOTrainer(**kwargs)
     batch = trainer._prepare_inputs(trainer.data_collator([dict(r) for r in trainer.train_dataset]))
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -186,53 +190,60 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--modes", default="lora,full")
     parser.add_argument("--family", default="llava", choices=sorted(BUILDERS))
+    parser.add_argument("--mixed-lengths", action="store_true", help="answers of 3 to 12 objects instead of 3")
+    parser.add_argument("--row-tokens", type=int, default=None, help="also time the fast path with several pairs per row")
     args = parser.parse_args()
     torch.manual_seed(0)
     summary = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         checkpoint = BUILDERS[args.family](tmp / "checkpoint")
-        pairs = build_pairs(tmp, args.pairs)
+        pairs = build_pairs(tmp, args.pairs, mixed=args.mixed_lengths)
         for mode in args.modes.split(","):
             lora = mode == "lora"
-            started = time.perf_counter()
-            trl_side = make_trainer(checkpoint, pairs, tmp / f"trl_{mode}", fast=False, lora=lora, n=args.pairs)
-            trl_build = time.perf_counter() - started
-            started = time.perf_counter()
-            ours = make_trainer(checkpoint, pairs, tmp / f"ours_{mode}", fast=True, lora=lora, n=args.pairs)
-            ours_build = time.perf_counter() - started
+            sides, builds = {}, {}
+            plan = [("trl", False, None), ("ours", True, None)]
+            if args.row_tokens:
+                plan.append(("ours, pairs per row", True, args.row_tokens))
+            for name, fast, row_tokens in plan:
+                started = time.perf_counter()
+                sides[name] = make_trainer(checkpoint, pairs, tmp / f"{name.replace(', ', '_').replace(' ', '_')}_{mode}",
+                                           fast=fast, lora=lora, n=args.pairs, row_tokens=row_tokens)
+                builds[name] = time.perf_counter() - started
+            ours = sides["ours"]
             model = ours[0].model
             total = sum(p.numel() for p in model.parameters())
             image_tokens = int((ours[1]["input_ids"] == model.config.image_token_id).sum()) // args.pairs
             answer = int((ours[1]["segments"] > 0).sum()) / (2 * args.pairs)
+            rows = ", ".join(f"{name} {tuple(side[1]['input_ids'].shape)}" for name, side in sides.items())
             print(f"[{mode}] {total / 1e6:.1f}M parameters, {image_tokens} image tokens, {answer:.1f} answer tokens "
-                  f"per side; trl rows {tuple(trl_side[1]['input_ids'].shape)}, packed rows "
-                  f"{tuple(ours[1]['input_ids'].shape)}; activation checkpointing trl="
-                  f"{trl_side[0].model.is_gradient_checkpointing} ours={ours[0].model.is_gradient_checkpointing}; "
-                  f"build s: trl {trl_build:.1f}, ours {ours_build:.1f} (reference pass included)")
-            times = {"ours": [], "trl": []}
-            peaks = {"ours": [], "trl": []}
-            first = {name: step(*side)[2] for name, side in (("ours", ours), ("trl", trl_side))}  # warm-up = step 1
-            print(f"[{mode}] loss at step 1: ours {first['ours']:.7f}  trl {first['trl']:.7f}  "
-                  f"|diff| {abs(first['ours'] - first['trl']):.2e}")
+                  f"per side (mean); rows: {rows}; activation checkpointing trl="
+                  f"{sides['trl'][0].model.is_gradient_checkpointing} ours={ours[0].model.is_gradient_checkpointing}; "
+                  f"build s: " + ", ".join(f"{k} {v:.1f}" for k, v in builds.items()) + " (reference pass included)")
+            times = {name: [] for name in sides}
+            peaks = {name: [] for name in sides}
+            first = {name: step(*side)[2] for name, side in sides.items()}  # warm-up = step 1
+            print(f"[{mode}] loss at step 1: " + "  ".join(f"{k} {v:.7f}" for k, v in first.items()))
+            names = list(sides)
             for run in range(args.runs):
-                order = (("ours", ours), ("trl", trl_side)) if run % 2 == 0 else (("trl", trl_side), ("ours", ours))
-                for name, side in order:
-                    seconds, peak, _ = step(*side)
+                order = names if run % 2 == 0 else names[::-1]  # interleaved: no side always runs first
+                for name in order:
+                    seconds, peak, _ = step(*sides[name])
                     times[name].append(seconds)
                     peaks[name].append(peak)
             med = {k: (statistics.median(times[k]), statistics.median(peaks[k])) for k in times}
-            for k, (s, p) in med.items():
-                print(f"[{mode}] {k:4s}: {s:.3f} s/step (runs {', '.join(f'{t:.2f}' for t in times[k])}), "
-                      f"peak {p / 2**20:.0f} MiB")
-            summary.append((mode, med["ours"][0] / med["trl"][0], med["ours"][1] / med["trl"][1],
-                            abs(first["ours"] - first["trl"])))
-            del trl_side, ours
+            for k, (sec, peak) in med.items():
+                print(f"[{mode}] {k}: {sec:.3f} s/step (runs {', '.join(f'{t:.2f}' for t in times[k])}), "
+                      f"peak {peak / 2**20:.0f} MiB")
+            for name in names[1:]:
+                summary.append((mode, name, med[name][0] / med["trl"][0], med[name][1] / med["trl"][1],
+                                abs(first[name] - first["trl"])))
+            del sides, ours
     kind = "CUDA max_memory_allocated" if torch.cuda.is_available() else "CPU held tensors + step peak RSS"
-    print(f"\n{args.family}: ratios ours / trl (median of {args.runs}; memory: {kind}; targets time <= 0.6, "
-          f"memory <= 0.8)")
-    for mode, t, m, d in summary:
-        print(f"  {mode:4s}  time {t:.2f}   peak memory {m:.2f}   step-1 loss |diff| {d:.1e}")
+    print(f"\n{args.family}, {args.pairs} pairs{', mixed lengths' if args.mixed_lengths else ''}: ratios to trl "
+          f"(median of {args.runs}; memory: {kind}; targets time <= 0.6, memory <= 0.8)")
+    for mode, name, t, m, d in summary:
+        print(f"  {mode:4s}  {name:20s} time {t:.2f}   peak memory {m:.2f}   step-1 loss |diff| {d:.1e}")
     return 0
 
 
