@@ -283,9 +283,14 @@ def _polygon(shape: str, cx: float, cy: float, s: float) -> list[tuple[float, fl
 
 
 def draw_scene(cfg: ToyWorldConfig, scene: Scene) -> Image.Image:
+    return draw_objects(cfg, scene.objects)
+
+
+def draw_objects(cfg: ToyWorldConfig, objects: list[ToyObject]) -> Image.Image:
+    """The objects on a blank canvas, in list order (later ones on top); the toy video draws frames so."""
     image = Image.new("RGB", (cfg.image_size, cfg.image_size), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    for o in scene.objects:
+    for o in objects:
         fill = COLORS[o.color]
         box = (o.cx - o.size, o.cy - o.size, o.cx + o.size, o.cy + o.size)
         if o.shape == "circle":
