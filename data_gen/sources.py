@@ -4,6 +4,8 @@
 One entry point, `load_source(spec) -> (records, skipped)`, with `spec["type"]` one of
 
   toy     the toy world: {"type": "toy", "out": DIR, "n": 100, "split": "dpo", "seed": 0, "start": 0}
+  toy_video  the moving toy world (data_gen/toy_video.py), clips drawn as frame files under DIR:
+          {"type": "toy_video", "out": DIR, "n": 100, "split": "dpo", "seed": 0, "start": 0, "as": "images"}
   jsonl   a JSONL file or a JSON list of records: {"type": "jsonl", "path": FILE, "image_root": DIR}
   json    same as jsonl (the reader tells the two apart by the first character)
   hf      a Hugging Face dataset saved with `save_to_disk`: {"type": "hf", "path": DIR, "split": "train",
@@ -60,7 +62,7 @@ ID_KEYS = ("id", "image_id", "question_id", "video_id")
 IMAGE_KEYS = ("images", "image", "frames", "video")
 QUESTION_KEYS = ("question", "prompt", "instruction")
 CAPTION_KEYS = ("caption", "detailed_caption", "description")
-SOURCE_TYPES = ("toy", "jsonl", "json", "hf", "coco", "video")
+SOURCE_TYPES = ("toy", "toy_video", "jsonl", "json", "hf", "coco", "video")
 VIDEO_MODES = ("images", "video")
 
 
@@ -75,8 +77,10 @@ def load_source(spec: dict) -> tuple[list[dict], list[dict]]:
     kind = spec["type"]
     if kind == "toy":
         return _toy(spec), []
-    if spec.get("as", "images") not in VIDEO_MODES or (spec.get("as") == "video" and kind != "video"):
-        raise ValueError(f"'as' is one of {VIDEO_MODES}, and 'video' only for the video source; got {spec.get('as')!r}")
+    if kind == "toy_video":
+        return _toy_video(spec), []
+    if spec.get("as", "images") not in VIDEO_MODES or (spec.get("as") == "video" and "video" not in kind):
+        raise ValueError(f"'as' is one of {VIDEO_MODES}, and 'video' only for video sources; got {spec.get('as')!r}")
     if kind in ("jsonl", "json", "video"):
         path = Path(_required(spec, "path"))
         rows = read_records(path)
@@ -106,6 +110,18 @@ def _toy(spec: dict) -> list[dict]:
     world = toy_world.ToyWorldConfig(seed=int(spec.get("seed", 0)))
     return toy_world.write_prompts(world, spec.get("split", "dpo"), int(spec.get("n", 100)),
                                    _required(spec, "out"), start=int(spec.get("start", 0)))
+
+
+def _toy_video(spec: dict) -> list[dict]:
+    from halign.data_gen import toy_video, toy_world
+
+    known = {"type", "out", "n", "split", "seed", "start", "as"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(f"toy_video source: unknown key(s) {unknown}; it takes {sorted(known)}")
+    cfg = toy_video.ToyVideoConfig(world=toy_world.ToyWorldConfig(seed=int(spec.get("seed", 0))))
+    return toy_video.write_clips(cfg, spec.get("split", "dpo"), int(spec.get("n", 100)), _required(spec, "out"),
+                                 start=int(spec.get("start", 0)), as_video=spec.get("as") == "video")
 
 
 # ---------------------------------------------------------------------------------------------- generic records

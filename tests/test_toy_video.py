@@ -112,3 +112,29 @@ def test_bad_configs():
         ToyVideoConfig(min_frames=9, max_frames=8)
     with pytest.raises(ValueError, match="min_visible"):
         ToyVideoConfig(min_frames=4, max_objects=4, min_visible=3)
+
+
+def test_toy_video_source_feeds_native_video_inputs(tmp_path):
+    """The whole path: the toy_video source writes clips, their frames become Qwen2-VL video inputs
+    (without torchvision), and a tiny Qwen2-VL runs on them."""
+    import torch
+    from PIL import Image
+
+    import tiny_models  # tests/ is on sys.path
+    from halign.align.video_processor import build_video_inputs
+    from halign.data_gen.sources import load_source
+
+    records, skipped = load_source({"type": "toy_video", "out": str(tmp_path), "n": 2, "as": "video"})
+    assert skipped == [] and all(r["video"] and r["images"] == [] for r in records)
+    model, processor = tiny_models.build_family("qwen2_vl")
+    frames = [Image.open(p) for p in records[0]["video"]]
+    text = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>describe<|im_end|>\n"
+    inputs = build_video_inputs(processor, text, [frames], fps=records[0]["video_fps"])
+    grid_t = (len(frames) + 1) // 2  # two frames per temporal patch, an odd clip padded
+    # 48 x 48 frames shrunk to the tiny processor's 32 x 32 pixel cap, in 4-pixel patches merged 2 x 2
+    assert inputs["video_grid_thw"].tolist() == [[grid_t, 8, 8]]
+    assert int((inputs["input_ids"] == processor.video_token_id).sum()) == grid_t * 16
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
+    with pytest.raises(ValueError, match="unknown key"):
+        load_source({"type": "toy_video", "out": str(tmp_path), "frames": 3})

@@ -133,6 +133,18 @@ def test_qwen_inputs_expand_the_prompt_and_run_the_model(family):
     assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
 
 
+def test_qwen_images_and_video_in_one_prompt():
+    model, processor = tiny_models.build_family("qwen2_vl")
+    text = "<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>describe"
+    image = Image.fromarray(smooth(1, 32, 32)[0])
+    inputs = build_video_inputs(processor, text, [noise(2, 32, 32)], images=[image])
+    assert int((inputs["input_ids"] == processor.image_token_id).sum()) == 16  # 8 x 8 patches, 2 x 2 merged
+    assert int((inputs["input_ids"] == processor.video_token_id).sum()) == 16
+    assert inputs["mm_token_type_ids"].tolist()[0].count(1) == 16
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
+
+
 def test_placeholder_count_must_match_videos():
     _, processor = tiny_models.build_family("qwen2_vl")
     with pytest.raises(ValueError, match="video_pad"):
@@ -253,6 +265,20 @@ def test_full_processor_matches_transformers(family):
     clip = smooth(5, 40, 60)
     expected = processor(text=[text], videos=[clip], return_tensors="pt", **kwargs)
     ours = build_video_inputs(processor, text, [clip])
+    assert_same_inputs(ours, expected)
+
+
+@needs_torchvision
+def test_qwen_images_and_video_match_transformers():
+    _, processor = tiny_models.build_family("qwen2_5_vl")
+    text = "<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>describe"
+    image, clip = Image.fromarray(smooth(1, 32, 40)[0]), noise(3, 30, 50)
+    expected = processor(text=[text], images=[image], videos=[clip], return_tensors="pt",
+                         videos_kwargs={"cap_pixels_per_frame": False})
+    assert_same_inputs(build_video_inputs(processor, text, [clip], images=[image]), expected)
+
+
+def assert_same_inputs(ours, expected):
     assert set(ours) == set(expected)
     for key in expected:
         if key == "pixel_values_videos":
