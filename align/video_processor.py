@@ -133,11 +133,16 @@ def _common(merged: dict) -> dict:
 # ---------------------------------------------------------------------------------------------- frames
 
 def frames_to_tensor(frames) -> torch.Tensor:
-    """A clip as a (T, 3, H, W) tensor: PIL frames are converted to RGB; arrays are T x H x W x C."""
+    """A clip as a (T, 3, H, W) tensor, from PIL frames or arrays T x H x W x C (T x H x W: grey frames).
+
+    As in transformers: grey frames are repeated to three channels, transparent ones blended on white; PIL
+    modes other than RGB, RGBA and L are converted to RGB first.
+    """
     if isinstance(frames, (list, tuple)):
         if not frames:
             raise ValueError("a video needs at least one frame")
-        arrays = [np.asarray(f.convert("RGB")) if isinstance(f, Image.Image) else np.asarray(f) for f in frames]
+        arrays = [np.asarray(f if f.mode in ("RGB", "RGBA", "L") else f.convert("RGB"))
+                  if isinstance(f, Image.Image) else np.asarray(f) for f in frames]
         video = np.stack(arrays)
     else:
         video = np.asarray(frames)

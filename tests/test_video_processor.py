@@ -311,3 +311,16 @@ def test_class_defaults_and_real_sizes_match_transformers(cap):
 
 def qwen_config_from_type_only(**kwargs):
     return video_config(ImageOnlyVideoProcessor(video_processor_type="Qwen2VLVideoProcessor", **kwargs))
+
+
+def test_grey_palette_and_transparent_frames_become_rgb():
+    config = qwen_config(do_resize=False, do_normalize=False, do_rescale=False)
+    grey = [Image.new("L", (16, 16), 90)] * 2
+    palette = Image.new("P", (16, 16), 0)
+    palette.putpalette([90, 90, 90] * 256)
+    palette = [palette] * 2
+    for frames in (grey, palette, np.full((2, 16, 16), 90, np.uint8)):
+        assert torch.equal(process_video(frames, config).pixel_values_videos, torch.full((16, 96), 90, dtype=torch.uint8))
+    # Half-transparent black on white: (1 - 0.5) * 255 + 0.5 * 0
+    half = [Image.new("RGBA", (16, 16), (0, 0, 0, 128))] * 2
+    assert torch.allclose(process_video(half, config).pixel_values_videos, torch.tensor(255 * (1 - 128 / 255)))
