@@ -85,6 +85,8 @@ def make_dpo_config(cfg: TrainConfig, output_dir: Path):
     # Intermediate checkpoints only when asked for (dpo.save_strategy=steps, dpo.save_steps=N): `resume` uses them.
     args.setdefault("save_strategy", "no")
     args.setdefault("dataloader_num_workers", 0)
+    if os.environ.get("DS_ACCELERATOR") == "cpu":  # DeepSpeed on CPU (align/launch.py): ranks talk over gloo
+        args.setdefault("ddp_backend", "gloo")
     # trl defaults to bf16, which a CPU cannot do: use it only where the hardware has it.
     import torch
 
@@ -186,9 +188,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         "train_runtime": result.metrics.get("train_runtime"), "steps": trainer.state.global_step,
         "final_loss": history[-1]["loss"] if history else None, "pairs": len(dataset),
         "mode": "lora" if lora_config else "full", "world_size": trainer.args.world_size,
-        "trainer": type(trainer).__name__, "pair_check": pair_check,
+        "trainer": type(trainer).__name__, "pair_check": pair_check, "zero_stage": zero_stage(trainer),
     })
     return out
+
+
+def zero_stage(trainer) -> int | None:
+    """The DeepSpeed ZeRO stage the trainer ran under, None without DeepSpeed."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if trainer.is_deepspeed_enabled else None
+    return None if plugin is None else int(plugin.zero_stage)
 
 
 def merged_for_full_training(adapter_dir: str, out: Path, dtype: str) -> str:
@@ -216,8 +224,6 @@ def fast_path_refusal(cfg: TrainConfig, model, dpo_config) -> str | None:
     from halign.align.packing import packing_unsupported
 
     why = packing_unsupported(model)
-    if not why and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        why = "not yet verified under DeepSpeed ZeRO"
     if not why:
         try:
             check_supported(dpo_config)

@@ -52,6 +52,20 @@ def per_pair_sums(per_token, pair_index, chosen_mask, rejected_mask) -> tuple[to
     return chosen, rejected
 
 
+def zero3_partitioned(model) -> bool:
+    """True when DeepSpeed ZeRO-3 holds `model`'s weights partitioned (each rank keeps a shard)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+@contextlib.contextmanager
+def gathered(model, inner):
+    """`inner` entered with all of `model`'s ZeRO-3 partitioned weights gathered on every rank (read-only)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None), inner:
+        yield
+
+
 def check_supported(args) -> None:
     """Fail at start-up, naming the setting, for what this trainer does not reproduce."""
     unsupported = [t for t in args.loss_type if t not in SUPPORTED_LOSSES]
@@ -120,7 +134,12 @@ class FastVisionDPOTrainer(DPOTrainer):
         unwrapped = self.accelerator.unwrap_model(self.model)
         if is_peft_model(unwrapped):
             adapter = "ref" if "ref" in unwrapped.peft_config else None  # trl's own choice (compute_ref_log_probs)
-            return self.model, adapter, use_adapter(unwrapped, adapter_name=adapter)
+            context = use_adapter(unwrapped, adapter_name=adapter)
+            if zero3_partitioned(unwrapped):
+                # ZeRO-3 partitioned the policy when it loaded, and its engine only exists once training starts:
+                # gather the (frozen) weights for this one no-grad pass, then they are partitioned again.
+                context = gathered(unwrapped, context)
+            return self.model, adapter, context
         # Full fine-tuning after trl's copy was freed: the policy is the reference only before training starts.
         if self.state.global_step > 0:
             raise ValueError("fast DPO: the reference weights were freed when training started; "

@@ -5,6 +5,11 @@ too. On GPUs the training command is re-run under `accelerate launch`. Without a
 launcher runs a single process, so data parallel on CPU goes through `torch.distributed.run` with the
 gloo backend (ACCELERATE_USE_CPU tells accelerate to join that process group): this is how the tests
 check that 2 processes give the single-process result.
+
+DeepSpeed ZeRO-2/3 also run on CPU (DeepSpeed's CPU accelerator, DS_ACCELERATOR=cpu; DeepSpeed builds a small
+shared-memory communication op on first use): torch.distributed.run starts the processes and the config's
+deepspeed section reaches accelerate through the same environment variables `accelerate launch` sets. Mixed
+precision is off there (float32), whatever the config says. This is how the tests check ZeRO without a GPU.
 """
 
 from __future__ import annotations
@@ -49,11 +54,10 @@ def launch_command(config_name: str, num_processes: int, train_argv: list[str], 
 
     config = load_config(config_name)
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    if config["distributed_type"] == "DEEPSPEED":
-        if not cuda:
-            raise ValueError("DeepSpeed ZeRO configs need CUDA GPUs; use --accelerate-config ddp on CPU")
+    deepspeed = config["distributed_type"] == "DEEPSPEED"
+    if deepspeed:
         try:
-            import deepspeed  # noqa: F401
+            import deepspeed as _  # noqa: F401
         except ImportError:
             raise ValueError("DeepSpeed is not installed: pip install 'halign[deepspeed]'") from None
     module = [sys.executable, "-m", "halign.recipes.cli", "train", *train_argv]
@@ -61,8 +65,24 @@ def launch_command(config_name: str, num_processes: int, train_argv: list[str], 
         argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(config_name)),
                 "--num_processes", str(num_processes), "-m", "halign.recipes.cli", "train", *train_argv]
         return argv, {}
-    if config["distributed_type"] == "NO" or num_processes == 1:
+    if not deepspeed and (config["distributed_type"] == "NO" or num_processes == 1):
         return module, {}
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes),
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *module[1:]]
-    return argv, {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # ACCELERATE_USE_CPU would make accelerate wrap the model in DDP and ignore DeepSpeed.
+    return argv, {**env, **cpu_deepspeed_env(config)} if deepspeed else {**env, "ACCELERATE_USE_CPU": "true"}
+
+
+def cpu_deepspeed_env(config: dict) -> dict:
+    """The environment `accelerate launch` derives from a config's deepspeed section, for DeepSpeed on CPU."""
+    ds = config.get("deepspeed_config", {})
+    env = {"DS_ACCELERATOR": "cpu", "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_MIXED_PRECISION": "no",
+           "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(ds.get("zero_stage", 2))}
+    for key in ("offload_optimizer_device", "offload_param_device", "zero3_init_flag", "zero3_save_16bit_model",
+                "gradient_accumulation_steps", "gradient_clipping"):
+        if key in ds:
+            name = {"zero3_init_flag": "ZERO3_INIT"}.get(key, key.upper())
+            prefix = "ACCELERATE_" if key.startswith("gradient") else "ACCELERATE_DEEPSPEED_"
+            env[prefix + name] = str(ds[key]).lower()
+    return env

@@ -35,9 +35,13 @@ def _has_deepspeed():
         return False
 
 
-def test_zero_needs_gpu_and_unknown_config_is_named():
-    with pytest.raises(ValueError, match="need CUDA"):
-        launch_command("zero2", 2, [], cuda=False)
+def test_zero_on_cpu_runs_deepspeeds_cpu_accelerator_and_unknown_config_is_named():
+    if _has_deepspeed():
+        argv, env = launch_command("zero3", 1, ["--model", "m"], cuda=False)
+        assert argv[1:3] == ["-m", "torch.distributed.run"]  # even one process: DeepSpeed needs the rank variables
+        assert env["DS_ACCELERATOR"] == "cpu" and env["ACCELERATE_USE_DEEPSPEED"] == "true"
+        assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3" and env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "true"
+        assert "ACCELERATE_USE_CPU" not in env  # it would make accelerate wrap the model in DDP instead
     with pytest.raises(ValueError, match="nope.yaml"):
         launch_command("nope.yaml", 2, [])
 
