@@ -10,8 +10,8 @@ Checks, each isolated (an error is recorded with its traceback and the next chec
                                   (flex; LLaVA only: transformers has no flex for Qwen2.5-VL), each also with several
                                   pairs per row (row_tokens 4096), 8 pairs, 100-200-token answers, LoRA; one trainer
                                   alive at a time (agreement is checked with pairs per row too)
-  zero2 / zero3                   2 training steps through `halign train --accelerate-config zeroN` (trl's path:
-                                  the fast path is not integrated with DeepSpeed yet), if deepspeed imports
+  zero2 / zero3                   2 training steps through `halign train --accelerate-config zeroN` on the fast
+                                  path (the manifest's trainer and ZeRO stage are recorded), if deepspeed imports
   qlora                           one QLoRA DPO step (halign.align.dpo.train, quantization=True), if bitsandbytes imports
 
 --smoke runs the same code on CPU at tiny sizes in seconds (tests/test_device_check.py), so the script cannot rot
@@ -237,8 +237,8 @@ def check_zero(ctx, stage: str) -> dict:
             "dpo.per_device_train_batch_size=2", "dpo.logging_steps=1", "dpo.bf16=true"]
     result = run_subprocess(argv, timeout=ctx["subprocess_timeout"]())
     manifest = json.loads((out / "manifest.json").read_text())
-    return {**result, "steps": manifest.get("steps"), "mode": manifest.get("mode"),
-            "note": "trl's trainer: align/dpo.py does not run the fast path under DeepSpeed yet"}
+    return {**result, "steps": manifest.get("steps"), "mode": manifest.get("mode"), "trainer": manifest.get("trainer"),
+            "zero_stage": manifest.get("zero_stage")}
 
 
 def check_qlora(ctx) -> dict:
