@@ -15,7 +15,9 @@ images, then on the chosen and on the rejected completions *without* images. Tha
 So for PaliGemma the collator sees the processor through `PrefixLMProcessorView`: calls with images go to
 the real processor (minus `labels`); image-free calls (the completions) go to the tokenizer and are marked
 as suffix (`token_type_ids = 1` on real tokens), exactly as the processor's own `suffix=` argument does.
-Every other family uses trl's collator unchanged.
+Every other family uses trl's collator unchanged, except for pairs with videos (a `videos` column), which
+trl's collator cannot pass to the processor: those get `VideoPreferenceCollator` (align/packing_video.py),
+trl's batch layout with the videos.
 """
 
 from __future__ import annotations
@@ -58,8 +60,13 @@ class PrefixLMProcessorView:
         return out
 
 
-def make_data_collator(processor, args):
-    """The collator for DPOTrainer(data_collator=...); None means trl's default is right for this family."""
+def make_data_collator(processor, args, videos: bool = False):
+    """The collator for DPOTrainer(data_collator=...); None means trl's default is right for this family.
+    `videos`: the pairs have a `videos` column (Qwen2-VL / Qwen2.5-VL only)."""
+    if videos:
+        from halign.align.packing_video import VideoPreferenceCollator
+
+        return VideoPreferenceCollator(processor, max_length=args.max_length)
     if not needs_prefix_lm_view(processor):
         return None
     from trl.trainer.dpo_trainer import DataCollatorForVisionPreference

@@ -36,6 +36,7 @@ from trl import DPOTrainer
 from halign.align.packing import CHOSEN, REJECTED, PackedPairCollator, mrope_merge_size, packing_unsupported
 from halign.align.packing_families import family_layout
 from halign.align.packing_flex import FLEX, pair_block_mask, run_flash_on_flex
+from halign.align.packing_video import tokens_per_second
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class FastVisionDPOTrainer(DPOTrainer):
             data_collator = PackedPairCollator(processing_class, args.max_length,
                                                mask_dtype=torch.bool if attention == "sdpa" else model.dtype,
                                                mdpo=self.mdpo, mrope_merge_size=mrope_merge_size(model),
+                                               mrope_tokens_per_second=tokens_per_second(model),
                                                layout=family_layout(model), flex=attention == FLEX,
                                                row_tokens=row_tokens)
         elif self.mdpo is not None and getattr(data_collator, "mdpo", None) != self.mdpo:

@@ -14,7 +14,9 @@ last prefix position and rejected[0] at x. Position ids of x and rejected restar
 Qwen2-VL and Qwen2.5-VL use 3D rope positions (temporal, height, width): an image's tokens take grid positions
 and the text after it continues from the image's start + max(grid height, width). The model computes them
 from the unpacked sequence, so here the collator passes them explicitly (`mrope_prefix_positions`), laid out
-the same way: chosen, x and rejected continue from the prefix's last (text) position.
+the same way: chosen, x and rejected continue from the prefix's last (text) position. Video clips (a
+`videos` column: align/packing_video.py) are laid out like images, once per pair, with their temporal
+positions spaced by the clip's time interval.
 
 With `row_tokens`, consecutive pairs share a row (padding-free): each pair's block is laid out as above with
 its own positions, and the mask is block-diagonal, so no pair reads another and no padding is computed between
@@ -34,6 +36,7 @@ from typing import Any
 import torch
 
 from halign.align.packing_families import FamilyLayout, completion_processor, image_blocks, layer_masks
+from halign.align.packing_video import has_videos, time_intervals, video_messages, video_prompt_inputs
 
 CHOSEN, REJECTED = 1, 2  # segment ids in `segments`; 0 = prefix, x or padding
 # Families whose forward takes a custom mask + position ids unchanged (image features merged into the token
@@ -70,26 +73,35 @@ def mrope_merge_size(model) -> int | None:
     return config.vision_config.spatial_merge_size if config.model_type in MROPE_MODEL_TYPES else None
 
 
-def mrope_prefix_positions(prefix: torch.Tensor, image_token_id: int, grids, merge_size: int) -> torch.Tensor:
+def mrope_prefix_positions(prefix: torch.Tensor, image_token_id: int, grids, merge_size: int,
+                           video_token_id: int | None = None, video_grids=(), intervals=()) -> torch.Tensor:
     """(3, len(prefix)) rope positions of an unpadded prompt, as Qwen2-VL/2.5-VL's get_rope_index gives them.
 
-    Images only (no video): a run of image tokens takes the next image grid (t, h, w) from the iterator
-    `grids` (the processor's image_grid_thw, in order), positions start + (t, h, w) over the merged grid,
-    and the text after it continues at start + max(h, w) // merge_size. Text tokens have the same position
-    in all three rows. Checked against the model's own function in tests/test_fast_dpo.py.
+    A run of image tokens takes the next image grid (t, h, w) from the iterator `grids` (the processor's
+    image_grid_thw, in order), positions start + (t, h, w) over the merged grid, and the text after it
+    continues at start + max(h, w) // merge_size. A run of video tokens does the same with the next of
+    `video_grids`, its temporal positions spaced by the next of `intervals` (`packing_video.time_intervals`)
+    and truncated to integers, as the model does. Text tokens have the same position in all three rows.
+    Checked against the model's own function in tests/test_fast_dpo.py and tests/test_fast_dpo_video.py.
     """
+    kinds = (prefix == image_token_id).long()  # 0 text, 1 image, 2 video: get_rope_index's mm_token_type_ids
+    if video_token_id is not None:
+        kinds[prefix == video_token_id] = 2
     pieces, start = [], 0
-    for is_image, run in itertools.groupby((prefix == image_token_id).tolist()):
+    for kind, run in itertools.groupby(kinds.tolist()):
         length = len(list(run))
-        if not is_image:
+        if kind == 0:
             pieces.append(torch.arange(start, start + length).expand(3, -1))
             start += length
             continue
-        t, h, w = (int(v) for v in next(grids))
+        t, h, w = (int(v) for v in next(grids if kind == 1 else video_grids))
         h, w = h // merge_size, w // merge_size
-        grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"))
+        interval = next(intervals) if kind == 2 else 1
+        grid = torch.stack(torch.meshgrid((torch.arange(t) * interval).long(), torch.arange(h), torch.arange(w),
+                                          indexing="ij"))
         if t * h * w != length:  # e.g. two images with no text between them: the model cannot place them either
-            raise ValueError(f"a run of {length} image tokens does not match its image grid {(t, h, w)}")
+            name = "image" if kind == 1 else "video"
+            raise ValueError(f"a run of {length} {name} tokens does not match its {name} grid {(t, h, w)}")
         pieces.append(grid.reshape(3, -1) + start)
         start += max(h, w)
     return torch.cat(pieces, dim=1)
@@ -138,6 +150,8 @@ class PackedPairCollator:
     mdpo: Any = None
     # Qwen2-VL/2.5-VL (`mrope_merge_size(model)`): build 3D rope position ids, shape (3, batch, width).
     mrope_merge_size: int | None = None
+    # Qwen2.5-VL (`packing_video.tokens_per_second(model)`): the temporal rope scale of video tokens.
+    mrope_tokens_per_second: float | None = None
     # `family_layout(model)`: PaliGemma's bidirectional prompt block and 1-indexed positions, Gemma 3's image
     # blocks and sliding-window mask; the causal default for every other family.
     layout: FamilyLayout = FamilyLayout()
@@ -158,7 +172,7 @@ class PackedPairCollator:
         for example in examples:
             row = {"prompt": example["prompt"], "chosen": example["chosen"], "rejected": example["rejected"]}
             if is_conversational(row):
-                row = {"prompt": prepare_multimodal_messages(row["prompt"], images=example["images"]),
+                row = {"prompt": video_messages(row["prompt"], example["images"], example.get("videos")),
                        "chosen": prepare_multimodal_messages(row["chosen"]),
                        "rejected": prepare_multimodal_messages(row["rejected"])}
                 row = apply_chat_template(row, self.processor)
@@ -168,13 +182,20 @@ class PackedPairCollator:
     def __call__(self, examples: list[dict]) -> dict[str, Any]:
         examples = [dict(e, images=[e["image"]]) if "image" in e else e for e in examples]
         texts = self._texts(examples)
-        images = [e["images"] for e in examples]
-        prompts = self.processor(images=images if any(images) else None, text=[t["prompt"] for t in texts],
-                                 padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False)
+        if has_videos(examples):
+            if self.mrope_merge_size is None or self.mdpo is not None:
+                raise ValueError("video pairs are packed for Qwen2-VL / Qwen2.5-VL only, without mdpo "
+                                 "(mDPO corrupts images)")
+            prompts = video_prompt_inputs(self.processor, [t["prompt"] for t in texts], examples)
+        else:
+            images = [e["images"] for e in examples]
+            prompts = self.processor(images=images if any(images) else None, text=[t["prompt"] for t in texts],
+                                     padding=True, padding_side="left", return_tensors="pt",
+                                     add_special_tokens=False)
         sides = {name: self.processor(text=[t[name] for t in texts], padding=True, padding_side="right",
                                       return_tensors="pt", add_special_tokens=False)
                  for name in ("chosen", "rejected")}
-        image_token = getattr(self.processor, "image_token_id", None)
+        vision_tokens = {getattr(self.processor, name, None) for name in ("image_token_id", "video_token_id")} - {None}
         rows = []
         for i, example in enumerate(examples):
             prefix = prompts["input_ids"][i][prompts["attention_mask"][i].bool()]
@@ -183,9 +204,9 @@ class PackedPairCollator:
                 raise ValueError(f"{_record_name(example, i)}: the prompt with its image tokens is {n} tokens, "
                                  f">= max_length {self.max_length}; images are never truncated, so raise max_length "
                                  "or drop the pair (validate_pairs does)")
-            if image_token is not None and int(prefix[-1]) == image_token:
-                raise ValueError(f"{_record_name(example, i)}: the prompt ends on an image token; packing needs a "
-                                 "text token there (use fast: false for this template)")
+            if int(prefix[-1]) in vision_tokens:
+                raise ValueError(f"{_record_name(example, i)}: the prompt ends on an image or video token; packing "
+                                 "needs a text token there (use fast: false for this template)")
             # Only completion text is cut: image tokens must match the image features one for one, and trl's
             # keep_start would cut them too once prompt + images pass max_length.
             keep = None if self.max_length is None else self.max_length - n
@@ -212,7 +233,11 @@ class PackedPairCollator:
         if self.mrope_merge_size is None:
             return None
         grids = iter(prompts.get("image_grid_thw", ()))  # one per image, rows in order (as get_rope_index reads it)
-        return [mrope_prefix_positions(ids[mask.bool()], self.processor.image_token_id, grids, self.mrope_merge_size)
+        video_grids = iter(prompts.get("video_grid_thw", ()))  # likewise one per video
+        intervals = time_intervals(prompts, self.mrope_tokens_per_second)
+        video_token = getattr(self.processor, "video_token_id", None)
+        return [mrope_prefix_positions(ids[mask.bool()], self.processor.image_token_id, grids, self.mrope_merge_size,
+                                       video_token, video_grids, intervals)
                 for ids, mask in zip(prompts["input_ids"], prompts["attention_mask"], strict=True)]
 
     @staticmethod

@@ -111,6 +111,9 @@ def dataset_part(dataset, progress: bool = False) -> dict:
         undecoded = (datasets.Sequence(datasets.Image(decode=False)) if isinstance(inner, (datasets.Sequence, list))
                      else datasets.Image(decode=False))
         dataset = dataset.cast_column(column, undecoded)
+    if "videos" in dataset.column_names:  # clips of frames (data_gen/pairs.py): hashed frame by frame, like images
+        dataset = dataset.cast_column("videos", datasets.Sequence(datasets.Sequence(datasets.Image(decode=False))))
+        image_columns.append("videos")
     text_columns = [c for c in dataset.column_names if c not in image_columns and not c.startswith("ref_")]
     digest = xxhash.xxh3_128()
     rows = dataset.iter(batch_size=256)
@@ -124,6 +127,8 @@ def dataset_part(dataset, progress: bool = False) -> dict:
             digest.update(json.dumps(texts, sort_keys=True, default=str).encode())
             for column in image_columns:
                 images = batch[column][i]
+                if column == "videos":  # one marker per clip, so frames regrouped into other clips change the key
+                    images = [frame for clip in images for frame in [{"bytes": b"<clip>", "path": None}, *clip]]
                 for image in images if isinstance(images, list) else [images]:
                     _update_with_image(digest, image)
     return {"pairs": len(dataset), "columns": sorted(text_columns + image_columns), "digest": digest.hexdigest()}

@@ -6,8 +6,9 @@ the averages, and a prompt whose text + image tokens already fill `max_length` i
 collator through its image tokens, leaving no completion token to score (or image features that no longer
 match the image placeholders). So every pair is checked once up front:
 
-  missing_image     an image path that does not exist (and no embedded bytes)
-  unreadable_image  bytes or a file that Pillow cannot decode
+  missing_image     an image path that does not exist (and no embedded bytes); a video frame likewise
+  unreadable_image  bytes or a file that Pillow cannot decode (image or video frame)
+  empty_video       a video with no frames
   empty_chosen / empty_rejected   a side with no text
   identical         chosen and rejected say the same thing
   prompt_too_long   prompt tokens, image tokens included, >= max_length: no completion token survives
@@ -66,15 +67,21 @@ def _open_image(entry):
         return None, ("unreadable_image", f"{path}: {type(err).__name__}: {err}")
 
 
-def prompt_length(processor, row: dict, images: list) -> int:
-    """Tokens of the rendered prompt with its images expanded, exactly as trl's vision collator builds it."""
+def prompt_length(processor, row: dict, images: list, videos: list | None = None) -> int:
+    """Tokens of the rendered prompt with its images (and videos) expanded, exactly as the collators build it."""
     from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 
-    example = {"prompt": prepare_multimodal_messages(row["prompt"], images=images),
+    from halign.align.packing_video import video_messages, video_prompt_inputs
+
+    example = {"prompt": video_messages(row["prompt"], images, videos),
                "chosen": prepare_multimodal_messages(row["chosen"]),
                "rejected": prepare_multimodal_messages(row["rejected"])}
     text = apply_chat_template(example, processor)["prompt"]
-    encoded = processor(images=[images] if images else None, text=[text], add_special_tokens=False)
+    if videos:
+        encoded = video_prompt_inputs(processor, [text], [{"images": images, "videos": videos,
+                                                            "video_fps": row.get("video_fps")}])
+    else:
+        encoded = processor(images=[images] if images else None, text=[text], add_special_tokens=False)
     return len(encoded["input_ids"][0])
 
 
@@ -86,6 +93,17 @@ def check_pair(row: dict, processor=None, max_length: int | None = None) -> tupl
         if problem:
             return problem
         images.append(image)
+    videos = []
+    for clip in row.get("videos") or []:
+        if not clip:
+            return "empty_video", "a video with no frames"
+        frames = []
+        for entry in clip:
+            frame, problem = _open_image(entry)
+            if problem:
+                return problem
+            frames.append(frame)
+        videos.append(frames)
     chosen, rejected = _text(row.get("chosen")).strip(), _text(row.get("rejected")).strip()
     if not chosen:
         return "empty_chosen", ""
@@ -95,7 +113,7 @@ def check_pair(row: dict, processor=None, max_length: int | None = None) -> tupl
         return "identical", chosen[:80]
     if max_length is not None and processor is not None:
         try:
-            n = prompt_length(processor, row, images)
+            n = prompt_length(processor, row, images, videos)
         except Exception as err:  # noqa: BLE001 - the collator would raise the same mid-run
             return "unprocessable", f"{type(err).__name__}: {err}"
         if n >= max_length:
@@ -110,7 +128,9 @@ def _undecoded(dataset):
     feature = dataset.features.get("images")
     inner = getattr(feature, "feature", None)
     if isinstance(inner, datasets.Image) and inner.decode:
-        return dataset.cast_column("images", datasets.List(datasets.Image(decode=False)))
+        dataset = dataset.cast_column("images", datasets.List(datasets.Image(decode=False)))
+    if "videos" in dataset.column_names:  # clips of frames (data_gen/pairs.py)
+        dataset = dataset.cast_column("videos", datasets.List(datasets.List(datasets.Image(decode=False))))
     return dataset
 
 

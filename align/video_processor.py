@@ -298,15 +298,16 @@ def llava_next_video_tokens(pixels: torch.Tensor, config: VideoConfig) -> int | 
     return per_frame // 4 * num_frames
 
 
-def build_video_inputs(processor, text, videos, images=None, fps: float | None = None,
-                       return_tensors: str = "pt"):
+def build_video_inputs(processor, text, videos, images=None, fps: float | list | None = None,
+                       return_tensors: str = "pt", **tokenizer_kwargs):
     """`processor(text=text, videos=videos, images=images)` for Qwen2-VL / Qwen2.5-VL / LLaVA-NeXT-Video,
     with the videos processed here, so it works where the processor's video processor cannot run.
 
     `text` holds one video token per video (as the chat template renders a {"type": "video"} part), in the
     order of `videos`; each becomes the right number of video tokens. Images, if any, go through the
-    processor's own image processor. `fps` (of the sampled frames) sets Qwen2.5-VL's second_per_grid_ts;
-    unknown, transformers assumes 24.
+    processor's own image processor. `fps` (of the sampled frames; one value, or one per video) sets
+    Qwen2.5-VL's second_per_grid_ts; unknown, transformers assumes 24. `tokenizer_kwargs` (padding_side,
+    add_special_tokens) go to the tokenizer call.
     """
     from transformers.feature_extraction_utils import BatchFeature
 
@@ -326,7 +327,7 @@ def build_video_inputs(processor, text, videos, images=None, fps: float | None =
         raise ValueError(f"the text holds {found} {video_token} tokens for {len(videos)} videos")
     # The processor's own expansion: each placeholder, in order, replaced by its expanded string.
     texts, _ = processor.get_text_with_replacements(texts, image_replacements, video_replacements)
-    data = dict(processor.tokenizer(texts, padding=True, return_tensors=return_tensors))
+    data = dict(processor.tokenizer(texts, padding=True, return_tensors=return_tensors, **tokenizer_kwargs))
     if getattr(processor, "return_mm_token_type_ids", False):
         data["mm_token_type_ids"] = torch.tensor(processor.create_mm_token_type_ids(data["input_ids"]))
     data.update(image_data)
@@ -334,7 +335,8 @@ def build_video_inputs(processor, text, videos, images=None, fps: float | None =
         data["pixel_values_videos"] = torch.cat([item.pixel_values_videos for item in processed])
         data["video_grid_thw"] = torch.stack([item.video_grid_thw for item in processed])
         if "second_per_grid_ts" in getattr(processor, "model_input_names", []):
-            data["second_per_grid_ts"] = [config.temporal_patch_size / (fps or 24)] * len(processed)
+            rates = fps if isinstance(fps, (list, tuple)) else [fps] * len(processed)
+            data["second_per_grid_ts"] = [config.temporal_patch_size / (rate or 24) for rate in rates]
     else:
         data["pixel_values_videos"] = torch.stack([item.pixel_values_videos for item in processed])
     return BatchFeature(data, tensor_type=return_tensors)

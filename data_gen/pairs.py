@@ -8,6 +8,15 @@ Ties are always dropped. Two optional filters guard against the two ways DPO buy
 with something else: `keep_coverage` drops pairs whose chosen side mentions fewer ground-truth objects
 than the rejected side (else the model learns to say less, and recall falls), and `min_length_ratio`
 drops pairs whose chosen side is much shorter than the rejected one (RLAIF-V's length balance).
+
+Native video prompts (a prompt record with `video`: its frame paths, and `video_fps`, from a video source with
+`as: video`) give pairs whose dataset rows have two more columns (`to_dataset`), present whenever any pair
+has a video:
+  videos      a list of clips, each a list of frame images (decoded lazily like `images`), in the order of
+              the prompt's {"type": "video"} parts, which training inserts before its image parts
+  video_fps   one sampling rate per clip (frames per second, null when unknown): it spaces the clip's
+              temporal rope positions on Qwen2.5-VL
+Training takes them on both DPO paths (align/packing_video.py); `images` stays the prompt's still images.
 """
 
 from __future__ import annotations
@@ -127,6 +136,9 @@ def build_pairs(cfg: PairsConfig, prompts: dict[str, dict], candidates: list[dic
             rows.append({
                 "prompt_id": prompt_id,
                 "image_paths": list(prompt.get("images", [])),
+                # A native video prompt: one clip (its frame paths) and the rate its frames were sampled at.
+                "video_paths": [list(prompt["video"])] if prompt.get("video") else [],
+                "video_fps": [prompt.get("video_fps")] if prompt.get("video") else [],
                 "prompt": [{"role": "user", "content": prompt["question"]}],
                 "chosen": [{"role": "assistant", "content": chosen["text"]}],
                 "rejected": [{"role": "assistant", "content": rejected["text"]}],
@@ -148,10 +160,11 @@ def build_pairs(cfg: PairsConfig, prompts: dict[str, dict], candidates: list[dic
 
 
 def to_dataset(rows: list[dict]):
-    """HF dataset in TRL's conversational vision format (images decoded lazily by `datasets`)."""
+    """HF dataset in TRL's conversational vision format (images decoded lazily by `datasets`), plus the
+    `videos` / `video_fps` columns (see the module docstring) when any row has `video_paths`."""
     import datasets
 
-    features = datasets.Features({
+    columns = {
         "images": datasets.Sequence(datasets.Image()),
         "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
         "chosen": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
@@ -160,13 +173,13 @@ def to_dataset(rows: list[dict]):
         "rejected_score": datasets.Value("float64"),
         "judge": datasets.Value("string"),
         "prompt_id": datasets.Value("string"),
-    })
-    data = {name: [] for name in features}
-    for row in rows:
-        data["images"].append(row["image_paths"])
-        for name in features:
-            if name != "images":
-                data[name].append(row[name])
+    }
+    if any(row.get("video_paths") for row in rows):
+        columns["videos"] = datasets.Sequence(datasets.Sequence(datasets.Image()))
+        columns["video_fps"] = datasets.Sequence(datasets.Value("float64"))
+    features = datasets.Features(columns)
+    lists = {"images": "image_paths", "videos": "video_paths", "video_fps": "video_fps"}  # [] when absent
+    data = {name: [row.get(lists[name], []) if name in lists else row[name] for row in rows] for name in features}
     return datasets.Dataset.from_dict(data, features=features)
 
 

@@ -64,16 +64,20 @@ def make_processor(processor_cls, **parts):
     return processor_cls(**parts)
 
 
-def chat_template(user: tuple[str, str], assistant: tuple[str, str], image: str, bos: str = "") -> str:
+def chat_template(user: tuple[str, str], assistant: tuple[str, str], image: str, bos: str = "",
+                  video: str | None = None) -> str:
     """A prefix-consistent template: prompt + add_generation_prompt is an exact prefix of the full chat.
 
-    trl's vision collator cuts the completion off the rendered conversation by that prefix.
+    trl's vision collator cuts the completion off the rendered conversation by that prefix. `video`: how a
+    {"type": "video"} part renders (families with native video), else video parts render nothing.
     """
+    video_part = "{% if part['type'] == 'video' %}" + video + "{% endif %}" if video else ""
+
     def content(role_image: bool) -> str:
         return (
             "{% if message['content'] is string %}{{ message['content'] }}"
             "{% else %}{% for part in message['content'] %}"
-            + ("{% if part['type'] == 'image' %}" + image + "{% endif %}" if role_image else "")
+            + ("{% if part['type'] == 'image' %}" + image + "{% endif %}" + video_part if role_image else "")
             + "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
         )
     return (
@@ -167,7 +171,8 @@ def build_llava_next(with_processor: bool = True):
 
 QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 QWEN_TEMPLATE = chat_template(("<|im_start|>user\n", "<|im_end|>\n"), ("<|im_start|>assistant\n", "<|im_end|>\n"),
-                              image="<|vision_start|><|image_pad|><|vision_end|>")
+                              image="<|vision_start|><|image_pad|><|vision_end|>",
+                              video="<|vision_start|><|video_pad|><|vision_end|>")
 
 
 def _qwen_parts(processor_cls, with_processor: bool):
