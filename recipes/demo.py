@@ -51,6 +51,8 @@ class DemoConfig:
     # Yes/no prompts whose K samples all agree get the other answer as a candidate too, so every asked question
     # can form a pair (data_gen/sample.py): without it the yes/no skill drifts (README).
     complete_yes_no: bool = True
+    # Judged omission negatives (data_gen/omissions.py): off by default; README, "What the demo shows".
+    omission_negatives: bool = False
     gate: dict = field(default_factory=dict)  # GateRule overrides (recipes/round_gate.py)
     seed: int = 0
 
@@ -72,7 +74,7 @@ class DemoConfig:
                                                        "complete_yes_no": self.complete_yes_no},
             judge="grounding", judge_options={"vocabulary": "toy", "hallucination_weight": self.hallucination_weight},
             pairs={"strategy": self.pair_strategy, "min_gap": self.min_gap, "sample_num": self.sample_num},
-            dpo=dict(self.dpo), seed=self.seed)
+            dpo=dict(self.dpo), seed=self.seed, omission_negatives=self.omission_negatives)
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
@@ -177,6 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {TOY_QA_FRACTION}; 0 = captions only)")
     parser.add_argument("--no-complete-yes-no", action="store_true",
                         help="ablation: yes/no prompts keep only their sampled answers (the yes/no skill then drifts)")
+    parser.add_argument("--omission-negatives", action="store_true",
+                        help="also judge each clean answer minus its last item, so stopping early is punished too")
     parser.add_argument("--seed", type=int, default=0, help="seeds the world, the checkpoint (seed 0 is shipped; "
                                                              "others are built once, ~5 min) and the alignment")
     parser.add_argument("--no-progress", action="store_true")
@@ -192,6 +196,7 @@ def main(args: argparse.Namespace) -> int:
     if args.qa_fraction is not None:
         cfg.qa_fraction = args.qa_fraction
     cfg.complete_yes_no = not args.no_complete_yes_no
+    cfg.omission_negatives = args.omission_negatives
     ensure_writable_dir(args.out)
     if args.json:
         ensure_writable_dir(Path(args.json).parent)

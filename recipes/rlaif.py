@@ -49,6 +49,9 @@ class RlaifConfig:
     judge: str = "grounding"
     judge_options: dict = field(default_factory=lambda: {"vocabulary": "toy", "hallucination_weight": 2.0})
     pairs: dict = field(default_factory=lambda: {"strategy": "gap", "min_gap": 1.0, "sample_num": 2})
+    # Judged omission negatives (data_gen/omissions.py): a clean answer minus its last item, so that
+    # stopping early is punished as well as hallucinating.
+    omission_negatives: bool = False
     dpo: dict = field(default_factory=lambda: {
         "beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 2, "per_device_train_batch_size": 16,
         "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]})
@@ -187,6 +190,8 @@ def run_round(cfg: RlaifConfig, r: int, policy: str, folder: Path, progress: boo
     candidates = sample(sample_cfg, prompts, folder / "sample", progress=progress)
     judgments, _, _ = run_judge(cfg.judge, candidates, folder / "judge" / "judgments.jsonl",
                                 options=dict(cfg.judge_options), progress=progress)
+    if cfg.omission_negatives:
+        candidates, judgments = add_omission_negatives(cfg, candidates, judgments, folder / "omissions", progress)
     pairs = run_pairs(PairsConfig(**{"seed": cfg.seed + r, **cfg.pairs}), judgments, candidates,
                       folder / "sample" / "prompts.jsonl", folder / "pairs")
     summary = json.loads((folder / "pairs" / "summary.json").read_text())
@@ -195,6 +200,29 @@ def run_round(cfg: RlaifConfig, r: int, policy: str, folder: Path, progress: boo
     if cfg.peft is None:
         return str(trained), summary
     return str(merge_adapter(trained, folder / "policy")), summary
+
+
+def add_omission_negatives(cfg: RlaifConfig, candidates: Path, judgments: Path, folder: Path,
+                           progress: bool) -> tuple[Path, Path]:
+    """Judge omission copies of the round's clean answers (data_gen/omissions.py); returns the candidate and
+    judgment files with them added, for the pairs stage."""
+    import shutil
+
+    from halign.data_gen.omissions import omission_candidates
+    from halign.rewards.judges.cli import run_judge
+
+    folder = ensure_writable_dir(folder)
+    sampled, judged = read_records(candidates), read_records(judgments)
+    copies = omission_candidates(sampled, judged)
+    if not copies:
+        return candidates, judgments
+    write_jsonl(folder / "candidates.jsonl", copies)
+    shutil.copy(Path(candidates).parent / "prompts.jsonl", folder / "prompts.jsonl")  # the judge reads it there
+    extra, _, _ = run_judge(cfg.judge, folder / "candidates.jsonl", folder / "judgments.jsonl",
+                            options=dict(cfg.judge_options), progress=progress)
+    write_jsonl(folder / "all_candidates.jsonl", sampled + read_records(folder / "candidates.jsonl"))
+    write_jsonl(folder / "all_judgments.jsonl", judged + read_records(extra))
+    return folder / "all_candidates.jsonl", folder / "all_judgments.jsonl"
 
 
 def run_rlaif(cfg: RlaifConfig, progress: bool = True, log=print) -> dict:
@@ -307,6 +335,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate", action="append", default=[], metavar="KEY=VALUE",
                         help="gate rule: metric=chair_i|chair_s, recall_tolerance=0.03, pope_tolerance=0.01")
     parser.add_argument("--full", action="store_true", help="full-parameter training instead of LoRA")
+    parser.add_argument("--omission-negatives", action="store_true",
+                        help="also judge each clean answer minus its last item (data_gen/omissions.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -325,7 +355,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = RlaifConfig(model=args.model, out=args.out, rounds=args.rounds, prompts=args.prompts,
                       prompts_per_round=args.prompts_per_round, qa_fraction=args.qa_fraction,
                       eval_prompts=args.eval_prompts, val_prompts=args.val_prompts, eval_n=args.eval_n,
-                      val_n=args.val_n, gate=parse_gate(args.gate), peft=None if args.full else {}, seed=args.seed)
+                      val_n=args.val_n, gate=parse_gate(args.gate), peft=None if args.full else {}, seed=args.seed,
+                      omission_negatives=args.omission_negatives)
     summary = run_rlaif(cfg, progress=not args.no_progress)
     from rich.console import Console
     from rich.table import Table
