@@ -14,6 +14,7 @@ precision is off there (float32), whatever the config says. This is how the test
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import sys
@@ -55,11 +56,8 @@ def launch_command(config_name: str, num_processes: int, train_argv: list[str], 
     config = load_config(config_name)
     cuda = torch.cuda.is_available() if cuda is None else cuda
     deepspeed = config["distributed_type"] == "DEEPSPEED"
-    if deepspeed:
-        try:
-            import deepspeed as _  # noqa: F401
-        except ImportError:
-            raise ValueError("DeepSpeed is not installed: pip install 'halign[deepspeed]'") from None
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise ValueError("DeepSpeed is not installed: pip install 'halign[deepspeed]'")
     module = [sys.executable, "-m", "halign.recipes.cli", "train", *train_argv]
     if cuda:
         argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(config_name)),

@@ -17,7 +17,9 @@ PACKED = sorted(SUPPORTED_MODEL_TYPES - {"llava"})
 LORA = {"target_modules": r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"}
 
 
-def _trainers(family, root, lora, row_tokens=None):
+def _trainers(family, root, lora, row_tokens=None, pairs=None, columns=(), dpo=None, videos=False):
+    """(trl's DPOTrainer, FastVisionDPOTrainer) on the same tiny checkpoint and pairs (`pairs`: a dataset
+    folder, default write_pairs'; `columns`: extra dataset columns; `videos`: trl gets the video collator)."""
     from trl import DPOTrainer
 
     from halign.align.collator import make_data_collator
@@ -25,15 +27,15 @@ def _trainers(family, root, lora, row_tokens=None):
     from halign.align.fast_dpo import FastVisionDPOTrainer
     from halign.align.model import load_policy
 
-    ckpt, pairs = tiny_models.save_family(family, root / "ckpt"), write_pairs(root)
+    ckpt, pairs = tiny_models.save_family(family, root / "ckpt"), pairs or write_pairs(root)
     cfg = TrainConfig(model=str(ckpt), pairs=str(pairs), output_dir=str(root),
-                      dpo={"per_device_train_batch_size": 4}, peft=LORA if lora else None)
+                      dpo={"per_device_train_batch_size": 4, **(dpo or {})}, peft=LORA if lora else None)
     trainers = []
     for fast in (False, True):
         args = make_dpo_config(cfg, root / ("fast" if fast else "trl"))
         args.disable_tqdm = True
-        columns = ["images", "prompt", "chosen", "rejected"] + (["prompt_id"] if fast else [])
-        dataset = datasets.load_from_disk(str(pairs)).select_columns(columns)
+        keep = ["images", *columns, "prompt", "chosen", "rejected"] + (["prompt_id"] if fast else [])
+        dataset = datasets.load_from_disk(str(pairs)).select_columns(keep)
         model, processor = load_policy(ckpt)
         model.train()
         kwargs = dict(model=model, args=args, train_dataset=dataset, processing_class=processor,
@@ -41,7 +43,7 @@ def _trainers(family, root, lora, row_tokens=None):
         if fast:
             trainers.append(FastVisionDPOTrainer(**kwargs, ref_cache_dir=root / "cache", row_tokens=row_tokens))
         else:  # trl with the collator halign.align.dpo.train gives it (PaliGemma's prefix-LM view, else trl's own)
-            trainers.append(DPOTrainer(**kwargs, data_collator=make_data_collator(processor, args)))
+            trainers.append(DPOTrainer(**kwargs, data_collator=make_data_collator(processor, args, videos=videos)))
     return trainers
 
 

@@ -10,7 +10,6 @@ that loss and its gradients within 1e-5.
 
 from types import SimpleNamespace
 
-import datasets
 import numpy as np
 import pytest
 import torch
@@ -68,32 +67,11 @@ def video_pair_rows(root):
 
 def _trainers(family, root, lora=False, row_tokens=None):
     """(trl's DPOTrainer with VideoPreferenceCollator, FastVisionDPOTrainer), same checkpoint and pairs."""
-    from trl import DPOTrainer
+    from test_fast_dpo_families import _trainers as family_trainers
 
-    from halign.align.collator import make_data_collator
-    from halign.align.dpo import TrainConfig, make_dpo_config, make_lora_config
-    from halign.align.fast_dpo import FastVisionDPOTrainer
-    from halign.align.model import load_policy
-    from test_fast_dpo_families import LORA
-
-    ckpt, pairs = tiny_models.save_family(family, root / "ckpt"), write_video_pairs(root)
-    cfg = TrainConfig(model=str(ckpt), pairs=str(pairs), output_dir=str(root),
-                      dpo={"per_device_train_batch_size": 4, "beta": BETA}, peft=LORA if lora else None)
-    trainers = []
-    for fast in (False, True):
-        args = make_dpo_config(cfg, root / ("fast" if fast else "trl"))
-        args.disable_tqdm = True
-        columns = ["images", "videos", "video_fps", "prompt", "chosen", "rejected"] + (["prompt_id"] if fast else [])
-        dataset = datasets.load_from_disk(str(pairs)).select_columns(columns)
-        model, processor = load_policy(ckpt)
-        model.train()
-        kwargs = dict(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                      peft_config=make_lora_config(cfg))
-        if fast:
-            trainers.append(FastVisionDPOTrainer(**kwargs, ref_cache_dir=root / "cache", row_tokens=row_tokens))
-        else:
-            trainers.append(DPOTrainer(**kwargs, data_collator=make_data_collator(processor, args, videos=True)))
-    return trainers, ckpt
+    trainers = family_trainers(family, root, lora, row_tokens, pairs=write_video_pairs(root),
+                               columns=["videos", "video_fps"], dpo={"beta": BETA}, videos=True)
+    return trainers, root / "ckpt"
 
 
 def _completion_logps(model, processor, example, side):
