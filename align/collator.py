@@ -62,7 +62,7 @@ class PrefixLMProcessorView:
 
 def make_data_collator(processor, args, videos: bool = False):
     """The collator for DPOTrainer(data_collator=...); None means trl's default is right for this family.
-    `videos`: the pairs have a `videos` column (Qwen2-VL / Qwen2.5-VL only)."""
+    `videos`: the pairs have a `videos` column (Qwen2-VL / Qwen2.5-VL, LLaVA-NeXT-Video)."""
     if videos:
         from halign.align.packing_video import VideoPreferenceCollator
 

@@ -150,14 +150,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     main_process = int(os.environ.get("RANK", "0")) == 0
     dataset, pair_check = validate_pairs(dataset, processor, max_length=dpo_config.max_length,
                                          strict=cfg.strict_pairs, out_dir=out if main_process else None)
-    # Native video pairs (data_gen/pairs.py): Qwen2-VL / Qwen2.5-VL read them, on either trainer.
+    # Native video pairs (data_gen/pairs.py): Qwen2-VL / Qwen2.5-VL and LLaVA-NeXT-Video read them, on either
+    # trainer.
     videos = "videos" in dataset.column_names
     if videos:
-        from halign.align.packing import MROPE_MODEL_TYPES
-        from halign.align.packing_video import VIDEO_COLUMNS
+        from halign.align.packing_video import VIDEO_COLUMNS, video_pairs_unsupported
 
-        if model.config.model_type not in MROPE_MODEL_TYPES:
-            raise ValueError(f"pairs with videos train Qwen2-VL / Qwen2.5-VL models, not {model.config.model_type!r}")
+        if why := video_pairs_unsupported(model):
+            raise ValueError(why)
         if mdpo is not None:
             raise ValueError("mdpo corrupts images; it does not run on pairs with videos")
         keep = keep + [c for c in VIDEO_COLUMNS if c in dataset.column_names]

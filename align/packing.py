@@ -16,7 +16,7 @@ and the text after it continues from the image's start + max(grid height, width)
 from the unpacked sequence, so here the collator passes them explicitly (`mrope_prefix_positions`), laid out
 the same way: chosen, x and rejected continue from the prefix's last (text) position. Video clips (a
 `videos` column: align/packing_video.py) are laid out like images, once per pair, with their temporal
-positions spaced by the clip's time interval.
+positions spaced by the clip's time interval; LLaVA-NeXT-Video's (1D positions) exactly like its images.
 
 With `row_tokens`, consecutive pairs share a row (padding-free): each pair's block is laid out as above with
 its own positions, and the mask is block-diagonal, so no pair reads another and no padding is computed between
@@ -36,7 +36,8 @@ from typing import Any
 import torch
 
 from halign.align.packing_families import FamilyLayout, completion_processor, image_blocks, layer_masks
-from halign.align.packing_video import has_videos, time_intervals, video_messages, video_prompt_inputs
+from halign.align.packing_video import (check_video_collation, has_videos, time_intervals, video_messages,
+                                        video_prompt_inputs)
 
 CHOSEN, REJECTED = 1, 2  # segment ids in `segments`; 0 = prefix, x or padding
 # Families whose forward takes a custom mask + position ids unchanged (image features merged into the token
@@ -44,7 +45,8 @@ CHOSEN, REJECTED = 1, 2  # segment ids in `segments`; 0 = prefix, x or padding
 # computes (MROPE_MODEL_TYPES); PaliGemma/PaliGemma 2 (prefix-LMs) and Gemma 3 (bidirectional attention inside
 # each image, sliding-window layers), whose masks and positions the collator builds (packing_families.py).
 # Each is checked against trl in tests/test_fast_dpo_families.py; any other family takes trl's path.
-SUPPORTED_MODEL_TYPES = {"llava", "llava_next", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "paligemma", "gemma3"}
+SUPPORTED_MODEL_TYPES = {"llava", "llava_next", "llava_next_video", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl",
+                         "paligemma", "gemma3"}
 SUPPORTED_ATTENTION = {"eager", "sdpa", "flex_attention"}  # flash_attention_2 is switched to flex (packing_flex)
 # Families whose decoder uses Qwen2-VL's multimodal rope (get_rope_index in transformers' modeling_qwen2_vl.py).
 MROPE_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl"}
@@ -183,9 +185,7 @@ class PackedPairCollator:
         examples = [dict(e, images=[e["image"]]) if "image" in e else e for e in examples]
         texts = self._texts(examples)
         if has_videos(examples):
-            if self.mrope_merge_size is None or self.mdpo is not None:
-                raise ValueError("video pairs are packed for Qwen2-VL / Qwen2.5-VL only, without mdpo "
-                                 "(mDPO corrupts images)")
+            check_video_collation(self.processor, self.mrope_merge_size, self.mdpo)
             prompts = video_prompt_inputs(self.processor, [t["prompt"] for t in texts], examples)
         else:
             images = [e["images"] for e in examples]

@@ -1,4 +1,4 @@
-"""Native video pairs (Qwen2-VL / Qwen2.5-VL): prompts with clips, for both DPO paths.
+"""Native video pairs (Qwen2-VL / Qwen2.5-VL, LLaVA-NeXT-Video): prompts with clips, for both DPO paths.
 
 A pair whose prompt has a video carries its clips in the dataset's `videos` column (a list of clips, each a
 list of frame images) and their sampling rates in `video_fps` (one per clip; see data_gen/pairs.py). The
@@ -21,6 +21,13 @@ clip's own fps without building the processor's video metadata:
 Qwen2.5-VL spaces a video's temporal rope positions by tokens_per_second * second_per_grid_t, where
 second_per_grid_t = temporal_patch_size / fps; Qwen2-VL by 1 per temporal patch (get_rope_index in
 transformers' modeling_qwen2_5_vl.py / modeling_qwen2_vl.py).
+
+LLaVA-NeXT-Video is a plain causal decoder over merged embeddings: each frame goes through the vision tower
+on its own, its patch features are average-pooled 2x2 and projected, and the features of all frames fill the
+video tokens in order ((h // patch) * (w // patch) // 4 per frame; modeling_llava_next_video.py
+`get_video_features`). A packed row gives it the prompt's video tokens once per pair with ordinary 1D
+positions, like its image tokens; clips of different lengths in one batch are laid end to end
+(`video_processor.llava_next_video_batch`), which gives each clip the features it gets alone.
 """
 
 from __future__ import annotations
@@ -32,6 +39,17 @@ from typing import Any
 import torch
 
 VIDEO_COLUMNS = ("videos", "video_fps")
+# Model types that read native video pairs, on both DPO paths (checked in tests/test_fast_dpo_video.py and
+# tests/test_video_llava_next.py).
+VIDEO_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl", "llava_next_video"}
+
+
+def video_pairs_unsupported(model) -> str | None:
+    """None when `model` trains on native video pairs, else why not."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in VIDEO_MODEL_TYPES:
+        return f"pairs with videos train {sorted(VIDEO_MODEL_TYPES)} models, not {model_type!r}"
+    return None
 
 
 def has_videos(examples: list[dict]) -> bool:
@@ -42,6 +60,18 @@ def tokens_per_second(model) -> float | None:
     """Qwen2.5-VL's temporal rope scale (vision_config.tokens_per_second); None for every other family."""
     config = model.config
     return getattr(config.vision_config, "tokens_per_second", None) if config.model_type == "qwen2_5_vl" else None
+
+
+def check_video_collation(processor, mrope_merge_size: int | None, mdpo) -> None:
+    """Refuse to pack video pairs where the packed rows would be wrong: mDPO (it corrupts images only), and a
+    Qwen processor without 3D rope positions (`mrope_merge_size`), whose video tokens would get 1D ones."""
+    from halign.align.video_processor import video_config
+
+    if mdpo is not None:
+        raise ValueError("video pairs are packed without mdpo (mDPO corrupts images, not videos)")
+    family = video_config(processor).family  # fails naming the processor when it has no native video path
+    if family == "qwen2_vl" and mrope_merge_size is None:
+        raise ValueError("Qwen2-VL / Qwen2.5-VL video pairs need the collator's mrope_merge_size (3D rope positions)")
 
 
 def video_messages(prompt, images, videos) -> list[dict]:
@@ -127,13 +157,16 @@ class VideoPreferenceCollator:
         input_ids = torch.cat([prompts["input_ids"], completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         completion_mask = torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)
-        mm_types = torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
-        attention_mask, input_ids, completion_mask, mm_types = flush_left(attention_mask, input_ids,
-                                                                          completion_mask, mm_types)
+        # flush_left shifts every tensor by its first one, the attention mask.
+        columns = dict(attention_mask=attention_mask, input_ids=input_ids, completion_mask=completion_mask)
+        if "mm_token_type_ids" in prompts:  # Qwen: which tokens are image / video ones, for its rope positions
+            columns["mm_token_type_ids"] = torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(completion_ids)],
+                                                     dim=1)
+        names = list(columns)
+        flushed = flush_left(*(columns[name] for name in names))
+        columns = dict(zip(names, flushed, strict=True))
         if self.max_length is not None:  # every prompt is shorter: this cuts completion tokens only
-            input_ids, attention_mask, completion_mask, mm_types = (
-                t[:, :self.max_length] for t in (input_ids, attention_mask, completion_mask, mm_types))
+            columns = {name: t[:, :self.max_length] for name, t in columns.items()}
         batch = dict(prompts)
-        batch.update(input_ids=input_ids, attention_mask=attention_mask, completion_mask=completion_mask,
-                     mm_token_type_ids=mm_types)
+        batch.update(columns)
         return batch

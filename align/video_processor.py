@@ -338,5 +338,21 @@ def build_video_inputs(processor, text, videos, images=None, fps: float | list |
             rates = fps if isinstance(fps, (list, tuple)) else [fps] * len(processed)
             data["second_per_grid_ts"] = [config.temporal_patch_size / (rate or 24) for rate in rates]
     else:
-        data["pixel_values_videos"] = torch.stack([item.pixel_values_videos for item in processed])
+        data["pixel_values_videos"] = llava_next_video_batch([item.pixel_values_videos for item in processed])
     return BatchFeature(data, tensor_type=return_tensors)
+
+
+def llava_next_video_batch(clips: list[torch.Tensor]) -> torch.Tensor:
+    """LLaVA-NeXT-Video's pixel_values_videos (videos, frames, C, H, W) for clips of (T_i, C, H, W).
+
+    Clips of one length stack, as transformers' processor stacks them. Clips of different lengths, which
+    transformers' processor cannot turn into one tensor, are laid end to end as one clip of all their frames:
+    the model encodes each frame on its own (vision tower, 2x2 pooling and projector per frame) and scatters
+    the features into the video tokens in order (video, frame, token), so every clip gets exactly the
+    features it gets alone (tests/test_video_llava_next.py). Crop sizes make all frames the same size."""
+    if len({clip.shape for clip in clips}) == 1:
+        return torch.stack(clips)
+    if len({clip.shape[1:] for clip in clips}) != 1:
+        raise ValueError(f"LLaVA-NeXT-Video frames of one batch must share a size; got "
+                         f"{sorted({tuple(clip.shape[1:]) for clip in clips})} (set do_center_crop)")
+    return torch.cat(clips)[None]

@@ -1,4 +1,5 @@
-"""Native video pairs (align/packing_video.py) on Qwen2-VL and Qwen2.5-VL: both DPO paths equal plain forwards.
+"""Native video pairs (align/packing_video.py) on Qwen2-VL, Qwen2.5-VL and LLaVA-NeXT-Video: both DPO paths equal
+plain forwards.
 
 trl 1.16's vision collator passes no videos to the processor, so the reference here is computed by hand: each
 pair's prompt+chosen and prompt+rejected go through the model as two separate, unpadded sequences with their
@@ -19,7 +20,8 @@ from PIL import Image
 import tiny_models  # tests/ is on sys.path
 from test_fast_dpo import _loss_and_grads, _perturb
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+MROPE_FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+FAMILIES = [*MROPE_FAMILIES, "llava_next_video"]
 BETA = 0.1
 # (frames, (width, height), fps, with a still image too): 4-8 frames, odd counts padded in time, mixed prompts.
 CLIPS = [(4, (32, 24), 2.0, False), (8, (24, 32), 4.0, False), (5, (32, 32), 1.0, True), (6, (16, 24), None, False)]
@@ -123,7 +125,11 @@ def test_video_pairs_equal_unpacked_forwards(family, row_tokens, tmp_path):
 
     (plain, fast), ckpt = _trainers(family, tmp_path, row_tokens=row_tokens)
     batch = fast.data_collator([dict(r) for r in fast.train_dataset])
-    assert batch["video_grid_thw"].shape[0] == len(CLIPS) and "pixel_values" in batch
+    assert "pixel_values_videos" in batch and "pixel_values" in batch
+    if family in MROPE_FAMILIES:
+        assert batch["video_grid_thw"].shape[0] == len(CLIPS)
+    else:  # clips of 4-8 frames laid end to end (video_processor.llava_next_video_batch)
+        assert batch["pixel_values_videos"].shape[:2] == (1, sum(n for n, *_ in CLIPS))
     if row_tokens:
         assert batch["input_ids"].shape[0] < len(CLIPS)  # pairs share rows
     policy, processor = load_policy(ckpt)
@@ -137,13 +143,14 @@ def test_video_pairs_equal_unpacked_forwards(family, row_tokens, tmp_path):
     _assert_close(expected, _loss_and_grads(plain))
 
 
-def test_video_pairs_lora_fast_equals_trl(tmp_path):
-    (plain, fast), _ = _trainers("qwen2_5_vl", tmp_path, lora=True, row_tokens=4096)
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_next_video"])
+def test_video_pairs_lora_fast_equals_trl(family, tmp_path):
+    (plain, fast), _ = _trainers(family, tmp_path, lora=True, row_tokens=4096)
     _perturb([plain, fast])
     _assert_close(_loss_and_grads(plain), _loss_and_grads(fast))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", MROPE_FAMILIES)
 def test_packed_video_positions_equal_the_models_own(family):
     """Video token runs in a packed row get get_rope_index's 3D positions (Qwen2.5-VL: temporal steps of
     tokens_per_second * second_per_grid_t, fps 0.5 to 4 here), beside a still image and across pairs."""

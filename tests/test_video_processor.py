@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from transformers.utils import is_torchvision_available
 
-from halign.align.processor import ImageOnlyVideoProcessor, construct_image_only
+from halign.align.processor import ImageOnlyVideoProcessor
 from halign.align.video_processor import (
     CLIP_MEAN, CLIP_STD, build_video_inputs, process_video, smart_resize, video_config,
 )
@@ -153,32 +153,13 @@ def test_placeholder_count_must_match_videos():
 
 # ---------------------------------------------------------------------------------------------- LLaVA-NeXT-Video
 
-LLAVA_TEMPLATE = tiny_models.chat_template(*tiny_models.USER_ASSISTANT, image="<image> ")
-
-
-def build_llava_next_video(real_video_processor: bool):
-    """A tiny LLaVA-NeXT-Video: CLIP tower of 8-pixel patches on 32 x 32 frames, 4 tokens per frame."""
-    from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration, LlavaNextVideoProcessor
-
-    tok = tiny_models.build_tokenizer(["<image>", "<video>", "USER:", "ASSISTANT:"], LLAVA_TEMPLATE,
-                                      extra_special_tokens={"image_token": "<image>", "video_token": "<video>"})
-    pinpoints = [[32, 32], [32, 64], [64, 32]]
-    ip = tiny_models.pil_image_processor("llava_next", "LlavaNextImageProcessorPil", size={"shortest_edge": 32},
-                                         crop_size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints)
-    parts = dict(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
-                 num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
+def build_llava_next_video(real_video_processor: bool = False):
+    """The tiny LLaVA-NeXT-Video family (tests/tiny_models.py): CLIP tower of 8-pixel patches on 32 x 32
+    frames, 4 tokens per frame; `real_video_processor`: insist on transformers' own video processor."""
+    model, processor = tiny_models.build_family("llava_next_video")
     if real_video_processor:
-        from transformers import LlavaNextVideoVideoProcessor
-
-        processor = LlavaNextVideoProcessor(video_processor=LlavaNextVideoVideoProcessor(**LLAVA_VIDEO_SIZES), **parts)
-    else:
-        video = ImageOnlyVideoProcessor(video_processor_type="LlavaNextVideoVideoProcessor", **LLAVA_VIDEO_SIZES)
-        processor = construct_image_only(LlavaNextVideoProcessor, video_processor=video, **parts)
-    config = LlavaNextVideoConfig(
-        vision_config=tiny_models._clip(), text_config=tiny_models._llama(tok), image_grid_pinpoints=pinpoints,
-        image_token_id=tok.convert_tokens_to_ids("<image>"), video_token_id=tok.convert_tokens_to_ids("<video>"),
-        vision_feature_layer=-1, vision_feature_select_strategy="default", image_seq_length=16, video_seq_length=4)
-    return LlavaNextVideoForConditionalGeneration(config), processor
+        assert not isinstance(processor.video_processor, ImageOnlyVideoProcessor)  # torchvision imports here
+    return model, processor
 
 
 def test_llava_next_video_resize_crop_and_tokens():

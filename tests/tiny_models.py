@@ -8,7 +8,7 @@ processor with small sizes). `save_family` writes both with save_pretrained, so 
 
 Image processors are always the PIL-backend classes: the default (torchvision) backend cannot be imported
 beside the CPU torch wheel we test with, and the PIL classes give the same numbers. Video processors (which
-Qwen2-VL/Qwen2.5-VL/SmolVLM processors require) are the real classes where torchvision is installed, and
+Qwen2-VL/Qwen2.5-VL/SmolVLM/LLaVA-NeXT-Video processors require) are the real classes where torchvision is installed, and
 halign's `ImageOnlyVideoProcessor` otherwise (see `video_processor`).
 """
 
@@ -23,7 +23,7 @@ WORDS = ["a", "an", "the", "is", "are", "there", "in", "image", "describe", "wha
          "circle", "square", "triangle", "star", "cat", "dog", "yes", "no", "and", "of", "on", "left", "right",
          "user", "assistant", "model", "system"]  # role words of the chat templates
 PUNCT = [".", ",", "?", ":", "!", "\n"]
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "gemma3", "paligemma")
+FAMILIES = ("llava", "llava_next", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "gemma3", "paligemma")
 
 
 def pil_image_processor(family_module: str, class_name: str, **kwargs):
@@ -167,6 +167,33 @@ def build_llava_next(with_processor: bool = True):
                              image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
                              vision_feature_select_strategy="default", image_seq_length=16)
     return LlavaNextForConditionalGeneration(config), processor
+
+
+def build_llava_next_video(with_processor: bool = True):
+    from transformers import (LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration,
+                              LlavaNextVideoProcessor)
+
+    template = chat_template(*USER_ASSISTANT, image="<image> ", video="<video> ")
+    named = {"image_token": "<image>", "video_token": "<video>"}
+    tok = build_tokenizer(["<image>", "<video>", "USER:", "ASSISTANT:"], template, extra_special_tokens=named)
+    processor = None
+    if with_processor:
+        pinpoints = [[32, 32], [32, 64], [64, 32]]
+        ip = pil_image_processor("llava_next", "LlavaNextImageProcessorPil", size={"shortest_edge": 32},
+                                 crop_size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints)
+        # Frames: short side to 32, centre-cropped to 32x32 -> 4x4 patches of 8 px -> pooled 2x2 = 4 tokens.
+        video = video_processor("LlavaNextVideoVideoProcessor", size={"shortest_edge": 32},
+                                crop_size={"height": 32, "width": 32})
+        processor = make_processor(LlavaNextVideoProcessor, video_processor=video, image_processor=ip, tokenizer=tok,
+                                   patch_size=8, vision_feature_select_strategy="default",
+                                   num_additional_image_tokens=1, chat_template=template)
+    config = LlavaNextVideoConfig(vision_config=_clip(), text_config=_llama(tok),
+                                  image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]],
+                                  image_token_index=tok.convert_tokens_to_ids("<image>"),
+                                  video_token_index=tok.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
+                                  vision_feature_select_strategy="default", image_seq_length=16,
+                                  spatial_pool_mode="average", spatial_pool_stride=2)
+    return LlavaNextVideoForConditionalGeneration(config), processor
 
 
 QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -313,7 +340,7 @@ BUILDERS = {name: globals()[f"build_{name}"] for name in FAMILIES}
 def build_family(name: str, seed: int = 0, with_processor: bool = True):
     """(model, processor); with_processor=False may return (model, None) when only the model is needed."""
     torch.manual_seed(seed)
-    # Only the Qwen and SmolVLM builders act on the flag: it skips their processor (and its video processor).
+    # Only the Qwen, SmolVLM and LLaVA-NeXT-Video builders act on the flag: it skips their processor (and its video processor).
     return BUILDERS[name](with_processor=with_processor)
 
 
