@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from halign.data_gen.io import ensure_writable_dir, read_records, write_jsonl, write_manifest
-from halign.data_gen.messages import load_images, user_messages
+from halign.data_gen.messages import load_images, load_video, user_messages
 
 
 @dataclass
@@ -80,16 +80,12 @@ def generate_texts(model, processor, records: list[dict], k: int = 1, temperatur
     bar = tqdm(total=len(records) * k, desc=desc, unit="cand", disable=not progress, mininterval=1.0)
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
-        texts = [processor.apply_chat_template(user_messages(r), add_generation_prompt=True, tokenize=False)
-                 for r in batch]
-        images = [load_images(r) for r in batch]
-        inputs = processor(images=images if any(images) else None, text=texts, padding=True,
-                           padding_side="left", return_tensors="pt", add_special_tokens=False).to(device)
+        inputs, copies = prompt_inputs(processor, batch, k)
         # One seed per batch: reproducible for a given seed, shard and batch size.
         torch.manual_seed(seed + start)
         sampling = temperature > 0
         generated = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=k,
+            **inputs.to(device), max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=copies,
             temperature=temperature if sampling else None, top_p=top_p if sampling else None,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
@@ -99,6 +95,38 @@ def generate_texts(model, processor, records: list[dict], k: int = 1, temperatur
         bar.update(len(batch) * k)
     bar.close()
     return outputs
+
+
+def prompt_inputs(processor, records: list[dict], k: int):
+    """(model inputs, num_return_sequences) for a batch of prompt records, left-padded; the rows of
+    `generate`'s output are then each record's k answers in turn.
+
+    A batch with native video records gets the model's own video inputs (align/video_processor.py:
+    Qwen2-VL / Qwen2.5-VL, LLaVA-NeXT-Video), with every record repeated k times here and one sequence
+    each: LLaVA-NeXT-Video lays clips of different lengths end to end in one tensor, which generate's
+    per-row expansion would pair with the wrong rows. generate repeats a prompt k times before its
+    first forward either way, so this costs no extra compute.
+    """
+    texts = [processor.apply_chat_template(user_messages(r), add_generation_prompt=True, tokenize=False)
+             for r in records]
+    images = [load_images(r) for r in records]
+    videos = [load_video(r) for r in records]
+    if not any(video is not None for video in videos):
+        return processor(images=images if any(images) else None, text=texts, padding=True, padding_side="left",
+                         return_tensors="pt", add_special_tokens=False), k
+    from halign.align.video_processor import build_video_inputs
+
+    rows = [i for i in range(len(records)) for _ in range(k)]
+    clips = [videos[i] for i in rows if videos[i] is not None]
+    fps = [records[i].get("video_fps") for i in rows if videos[i] is not None]
+    try:
+        inputs = build_video_inputs(processor, [texts[i] for i in rows], clips,
+                                    images=[image for i in rows for image in images[i]] or None, fps=fps,
+                                    padding_side="left", add_special_tokens=False)
+    except ValueError as err:  # e.g. a template without a video placeholder: name the records
+        ids = [r.get("id") for r, video in zip(records, videos) if video is not None]
+        raise ValueError(f"video records {ids}: {err}") from None
+    return inputs, 1
 
 
 YES_NO = re.compile(r"^(yes|no)([.!]?)$", re.IGNORECASE)
@@ -135,11 +163,17 @@ def run(cfg: SampleConfig, prompts_path: str | Path, out_dir: str | Path, model=
                 raise ValueError("record has no 'id'")
             user_messages(rec)
             load_images(rec)
+            load_video(rec)
             usable.append(rec)
         except ValueError as err:
             skipped.append({"id": rec.get("id"), "reason": str(err)})
     if cfg.backend == "vllm":
         from halign.data_gen.vllm_backend import generate_texts_vllm
+
+        native = [rec["id"] for rec in usable if rec.get("video")]
+        if native:
+            raise ValueError(f"the vllm backend samples image prompts only; {len(native)} record(s) have a native "
+                             f"video (e.g. {native[0]!r}): use backend 'hf'")
 
         texts = generate_texts_vllm(cfg.model, usable, cfg.k, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
                                     cfg.seed)

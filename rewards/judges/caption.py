@@ -1,6 +1,11 @@
 """Caption-grounded LLM judge: a text-only LLM reads the detailed caption (the ground truth), the question and
 one response, and returns a strictly validated JSON verdict. A pairwise mode compares two responses.
 
+A native video prompt (a record with `video`: data_gen/sources.py `as: video`, data_gen/toy_video.py) is judged
+from its clip's detailed caption like an image's, with templates that tell the judge it describes a video, so
+that events in the wrong order, movements that do not happen and objects said to stay that leave count as
+hallucinations (`video_template`, `video_pairwise_template`).
+
 The prompts live in versioned files under `templates/`; their sha256 is part of every cache key and of the
 manifest, so editing a prompt means a new file name and never silently mixes verdicts of two prompts.
 """
@@ -230,7 +235,9 @@ class CaptionJudge(EndpointJudge):
                  rpm: float | None = None, tpm: float | None = None, budget: float | None = None,
                  deadline_floor: float = 3.0, batch: bool = False, batch_poll: float = 30.0,
                  template: str = "caption_judge_v1",
-                 pairwise_template: str = "caption_judge_pairwise_v1", progress: bool = True):
+                 pairwise_template: str = "caption_judge_pairwise_v1",
+                 video_template: str = "caption_judge_video_v1",
+                 video_pairwise_template: str = "caption_judge_video_pairwise_v1", progress: bool = True):
         self.config = client_config(model=model, base_url=base_url, api_key_env=api_key_env,
                                     concurrency=concurrency, timeout=timeout, max_retries=max_retries,
                                     max_reasks=max_reasks, cache_dir=cache_dir, prices=prices, price_in=price_in,
@@ -239,9 +246,15 @@ class CaptionJudge(EndpointJudge):
                                     rpm=rpm, tpm=tpm, budget=budget, deadline_floor=deadline_floor, batch=batch,
                                     batch_poll=batch_poll)
         self.template = load_template(template)
+        self.video_template = load_template(video_template)
         self.pairwise_template_name = pairwise_template
+        self.video_pairwise_template_name = video_pairwise_template
         self.progress = progress
         self.client = LLMClient(self.config, name=self.name)  # fails here, at start-up, without a key
+
+    def manifest_info(self) -> dict:
+        return {**super().manifest_info(), "video_template": self.video_template.name,
+                "video_template_sha256": self.video_template.sha256}
 
     def _request(self, template: Template, inputs: dict, validator) -> JudgeRequest:
         messages = template.render(**inputs)
@@ -262,7 +275,8 @@ class CaptionJudge(EndpointJudge):
             prompt = prompts[cand["prompt_id"]]
             inputs = {"caption": str(prompt["caption"]), "question": question_text(prompt),
                       "response": str(cand.get("text") or "")}
-            requests.append(self._request(self.template, inputs, parse_verdict))
+            template = self.video_template if prompt.get("video") else self.template
+            requests.append(self._request(template, inputs, parse_verdict))
             where.append(i)
 
         def finished(j: int, res: JudgeResult) -> None:
@@ -294,7 +308,8 @@ class CaptionJudge(EndpointJudge):
         Position bias is a known weakness of pairwise LLM judges; callers that care can judge both orders
         and keep the pairs where the two verdicts agree.
         """
-        template = load_template(self.pairwise_template_name)
+        templates = {False: load_template(self.pairwise_template_name),
+                     True: load_template(self.video_pairwise_template_name)}
         out: list[dict | None] = [None] * len(pairs)
         requests, where = [], []
         for i, (a, b) in enumerate(pairs):
@@ -307,7 +322,7 @@ class CaptionJudge(EndpointJudge):
             prompt = prompts[a["prompt_id"]]
             inputs = {"caption": str(prompt["caption"]), "question": question_text(prompt),
                       "response_a": str(a.get("text") or ""), "response_b": str(b.get("text") or "")}
-            requests.append(self._request(template, inputs, parse_pairwise_verdict))
+            requests.append(self._request(templates[bool(prompt.get("video"))], inputs, parse_pairwise_verdict))
             where.append(i)
         for i, res in zip(where, self.client.run(requests, progress=self.progress)):
             out[i] = self._pair_record(*pairs[i], res)
