@@ -5,6 +5,10 @@ prompt is expanded to K sequences inside `generate` (`num_return_sequences`), id
 prompt are dropped, and `--shard i/n` lets N processes each take every n-th prompt and write their own
 shard file. Greedy decoding (K=1, temperature 0) is the same code path, used by evaluation.
 
+Native video records (`video`: frame paths, `video_fps`; data_gen/sources.py `as: video`) are generated from
+with the model's own video inputs (align/video_processor.build_video_inputs: Qwen2-VL / Qwen2.5-VL,
+LLaVA-NeXT-Video), see `prompt_inputs`; their candidates point at the record, whose clip reaches the pairs.
+
 `complete_yes_no`: when every sample of a prompt is a bare yes/no answer ("Yes.", "no") and only one of the
 two was sampled, the other is added as a candidate (`"origin": "completed"`), for the judge to score like
 any other. A confident policy samples one answer to a yes/no question K times out of K, so without this such

@@ -51,7 +51,8 @@ def test_recipe_source_gives_native_clips_the_model_reads(tmp_path):
 def test_recipe_token_counts_are_the_benchmarks():
     import torch
 
-    spec = importlib.util.spec_from_file_location("video_tokens", Path(__file__).parent / "benchmarks" / "video_tokens.py")
+    path = Path(__file__).parent / "benchmarks" / "video_tokens.py"
+    spec = importlib.util.spec_from_file_location("video_tokens", path)
     video_tokens = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(video_tokens)
     processor = video_tokens.llava_next_video_processor()

@@ -8,8 +8,8 @@ processor with small sizes). `save_family` writes both with save_pretrained, so 
 
 Image processors are always the PIL-backend classes: the default (torchvision) backend cannot be imported
 beside the CPU torch wheel we test with, and the PIL classes give the same numbers. Video processors (which
-Qwen2-VL/Qwen2.5-VL/SmolVLM/LLaVA-NeXT-Video processors require) are the real classes where torchvision is installed, and
-halign's `ImageOnlyVideoProcessor` otherwise (see `video_processor`).
+Qwen2-VL/Qwen2.5-VL/SmolVLM/LLaVA-NeXT-Video processors require) are the real classes where torchvision is
+installed, and halign's `ImageOnlyVideoProcessor` otherwise (see `video_processor`).
 """
 
 from __future__ import annotations
@@ -176,9 +176,9 @@ def build_llava_next_video(with_processor: bool = True):
     template = chat_template(*USER_ASSISTANT, image="<image> ", video="<video> ")
     named = {"image_token": "<image>", "video_token": "<video>"}
     tok = build_tokenizer(["<image>", "<video>", "USER:", "ASSISTANT:"], template, extra_special_tokens=named)
+    pinpoints = [[32, 32], [32, 64], [64, 32]]
     processor = None
     if with_processor:
-        pinpoints = [[32, 32], [32, 64], [64, 32]]
         ip = pil_image_processor("llava_next", "LlavaNextImageProcessorPil", size={"shortest_edge": 32},
                                  crop_size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints)
         # Frames: short side to 32, centre-cropped to 32x32 -> 4x4 patches of 8 px -> pooled 2x2 = 4 tokens.
@@ -187,8 +187,8 @@ def build_llava_next_video(with_processor: bool = True):
         processor = make_processor(LlavaNextVideoProcessor, video_processor=video, image_processor=ip, tokenizer=tok,
                                    patch_size=8, vision_feature_select_strategy="default",
                                    num_additional_image_tokens=1, chat_template=template)
-    config = LlavaNextVideoConfig(vision_config=_clip(), text_config=_llama(tok),
-                                  image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]],
+    # One CLIP layer, 32 px frames of 8 px patches, 1D positions: video pooled 2x2 as in the 7B checkpoint.
+    config = LlavaNextVideoConfig(vision_config=_clip(), text_config=_llama(tok), image_grid_pinpoints=pinpoints,
                                   image_token_index=tok.convert_tokens_to_ids("<image>"),
                                   video_token_index=tok.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
                                   vision_feature_select_strategy="default", image_seq_length=16,
