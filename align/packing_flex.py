@@ -33,7 +33,7 @@ FLEX = "flex_attention"
 # Families whose flex logits are checked against the dense mask (tests/test_fast_dpo_flex.py). Idefics3 and
 # SmolVLM are left out: on CPU, torch 2.13's inductor fails to compile their flex kernel (C++ error
 # "'cur_kvSplitSize0' was not declared"), so nothing checks them; Qwen2-VL/2.5-VL have no flex in transformers.
-FLEX_MODEL_TYPES = {"llava", "llava_next", "paligemma"}
+FLEX_MODEL_TYPES = {"llava", "llava_next", "llava_next_video", "paligemma"}
 
 
 def flex_unsupported(model, layout) -> str | None:

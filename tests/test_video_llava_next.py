@@ -89,3 +89,32 @@ def test_mdpo_is_refused_on_video_pairs():
                "rejected": [{"role": "assistant", "content": "b"}]}
     with pytest.raises(ValueError, match="mdpo"):
         PackedPairCollator(processor, mdpo=object())([example])
+
+
+def test_video_pairs_on_flex_attention_equal_the_dense_mask():
+    """A LLaVA-NeXT-Video loaded with flash_attention_2 runs packed rows on flex_attention (align/packing_flex.py):
+    on video pairs its logits equal the dense-mask sdpa ones (CPU flex has no backward; tests/test_fast_dpo_flex.py)."""
+    from test_fast_dpo_video import CLIPS, TEXTS, _frames
+
+    from halign.align.packing import PackedPairCollator, packing_unsupported
+    from halign.align.packing_flex import pair_block_mask
+
+    model, processor = tiny_models.build_family("llava_next_video")
+    model.eval()
+    examples = [{"images": [], "videos": [_frames(n, size, i)], "video_fps": [fps],
+                 "prompt": [{"role": "user", "content": question}],
+                 "chosen": [{"role": "assistant", "content": chosen}],
+                 "rejected": [{"role": "assistant", "content": rejected}]}
+                for i, ((n, size, fps, _), (question, chosen, rejected)) in enumerate(zip(CLIPS, TEXTS))]
+    dense = PackedPairCollator(processor, mask_dtype=torch.bool)(examples)
+    flex = PackedPairCollator(processor, flex=True)(examples)
+    drop = ("labels", "segments", "record_names", "pair_index", "pair_bounds")
+    with torch.no_grad():
+        model.set_attn_implementation("sdpa")
+        expected = model(**{k: v for k, v in dense.items() if k not in drop}).logits
+        model.set_attn_implementation("flex_attention")
+        assert packing_unsupported(model) is None
+        mask = pair_block_mask(flex["pair_index"], flex["pair_bounds"])
+        got = model(**{k: v for k, v in flex.items() if k not in drop}, attention_mask=mask).logits
+    real = flex["segments"] > 0
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
