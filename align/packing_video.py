@@ -162,9 +162,7 @@ class VideoPreferenceCollator:
         if "mm_token_type_ids" in prompts:  # Qwen: which tokens are image / video ones, for its rope positions
             columns["mm_token_type_ids"] = torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(completion_ids)],
                                                      dim=1)
-        names = list(columns)
-        flushed = flush_left(*(columns[name] for name in names))
-        columns = dict(zip(names, flushed, strict=True))
+        columns = dict(zip(columns, flush_left(*columns.values()), strict=True))
         if self.max_length is not None:  # every prompt is shorter: this cuts completion tokens only
             columns = {name: t[:, :self.max_length] for name, t in columns.items()}
         batch = dict(prompts)
