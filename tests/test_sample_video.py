@@ -63,6 +63,15 @@ def test_each_clip_reaches_its_own_rows(family, tmp_path):
             assert torch.allclose(together[row], alone, atol=1e-4), (record["id"], row)
 
 
+def test_a_model_without_native_video_is_refused_naming_the_records(tmp_path):
+    from halign.data_gen.sample import prompt_inputs
+
+    _, processor = tiny_models.build_family("llava")  # LLaVA 1.5 reads images only
+    records = toy_clips(tmp_path, n=2)
+    with pytest.raises(ValueError, match=f"video records \\['{records[0]['id']}', '{records[1]['id']}'\\]"):
+        prompt_inputs(processor, records, k=2)
+
+
 def test_vllm_backend_refuses_native_video(tmp_path):
     from halign.data_gen.io import write_jsonl
     from halign.data_gen.sample import SampleConfig, run
