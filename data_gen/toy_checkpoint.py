@@ -41,20 +41,28 @@ SHIP_COMMAND = "halign toy-checkpoint --ship"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "USER:", "ASSISTANT:"]
 # Prefix-consistent template: the prompt rendered with add_generation_prompt is an exact prefix of the
 # full conversation, which is what trl's DPO collator and our samplers rely on.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER:"
-    "{% if message['content'] is string %} {{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %} {{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{% elif message['role'] == 'assistant' %}ASSISTANT:"
-    "{% if message['content'] is string %} {{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %} {{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}</s>"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+def chat_template(video: bool = False) -> str:
+    """The toy checkpoints' chat template; with `video`, a {"type": "video"} part renders as <video>."""
+    video_part = "{% elif part['type'] == 'video' %}<video>" if video else ""
+    return (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'user' %}USER:"
+        "{% if message['content'] is string %} {{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}<image>" + video_part
+        + "{% elif part['type'] == 'text' %} {{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{% elif message['role'] == 'assistant' %}ASSISTANT:"
+        "{% if message['content'] is string %} {{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %} {{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}</s>"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = chat_template()
+PUNCTUATION = (".", ",", "?", ":", "!")
 
 
 @dataclass(frozen=True)
@@ -105,12 +113,16 @@ def toy_words(world: toy_world.ToyWorldConfig) -> list[str]:
     return sorted(words)
 
 
-def build_tokenizer(world: toy_world.ToyWorldConfig):
+def build_tokenizer(world: toy_world.ToyWorldConfig, words: list[str] | None = None,
+                    specials: list[str] = SPECIAL_TOKENS, template: str = CHAT_TEMPLATE,
+                    punctuation: tuple[str, ...] = PUNCTUATION):
+    """Word-level tokenizer over `words` (default: the toy world's, `toy_words`). `specials` starts with pad,
+    bos, eos and unk; the rest (media placeholders, role markers) are matched before pre-tokenization."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for piece in ["▁", ".", ",", "?", ":", "!"] + ["▁" + w for w in toy_words(world)]:
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for piece in ["▁", *punctuation] + ["▁" + w for w in (toy_words(world) if words is None else words)]:
         vocab.setdefault(piece, len(vocab))
     # Metaspace keeps word boundaries in the tokens ("▁red"), so decoding restores spaces exactly and
     # punctuation attaches to the word before it, as in a BPE tokenizer.
@@ -121,9 +133,9 @@ def build_tokenizer(world: toy_world.ToyWorldConfig):
     ])
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        additional_special_tokens=["<image>", "USER:", "ASSISTANT:"], padding_side="left",
-        chat_template=CHAT_TEMPLATE, model_max_length=256,
+        tokenizer_object=tok, bos_token=specials[1], eos_token=specials[2], unk_token=specials[3],
+        pad_token=specials[0], additional_special_tokens=list(specials[4:]), padding_side="left",
+        chat_template=template, model_max_length=256,
     )
     return tokenizer
 
@@ -215,21 +227,35 @@ def toy_image_tokens(world: toy_world.ToyWorldConfig) -> int:
 def sft_train(model, processor, cfg: ToyCheckpointConfig, progress: bool = True, log=None) -> list[float]:
     """Supervised fine-tuning (schedule: see ToyCheckpointConfig); without a progress bar, `log` gets a line
     every 500 steps and when the decay starts."""
+    encoded, pixels = encode_examples(processor, cfg.world, sft_examples(cfg))
+    return sft_loop(model, encoded, lambda ids: {"pixel_values": torch.stack([pixels[i] for i in ids])},
+                    processor.tokenizer.pad_token_id, steps=cfg.sft_steps, read_loss=cfg.read_image_loss,
+                    decay_steps=cfg.decay_steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                    seed=cfg.seed, progress=progress, log=log, desc="SFT tiny checkpoint")
+
+
+def sft_loop(model, encoded, vision_inputs, pad_id: int, *, steps: int, read_loss: float, decay_steps: int,
+             batch_size: int, learning_rate: float, seed: int, progress: bool = True, log=None,
+             desc: str = "SFT") -> list[float]:
+    """The toy checkpoints' SFT schedule: a constant learning rate until the model reads its input (mean loss
+    of the last 100 steps below `read_loss`), then a decay over `decay_steps`; `steps` caps the run.
+
+    `encoded`: (media id, input_ids, labels) examples, drawn with replacement; `vision_inputs(media ids)`: the
+    batch's pixel inputs as model keywords. Without a progress bar, `log` gets a line every 500 steps and
+    when the decay starts."""
     from tqdm.auto import tqdm
 
-    encoded, pixels = encode_examples(processor, cfg.world, sft_examples(cfg))
-    pad_id = processor.tokenizer.pad_token_id
-    generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
-    warmup = max(1, min(100, cfg.sft_steps // 20))
-    decay_len = max(1, min(cfg.decay_steps, cfg.sft_steps))
-    decay_from = None  # the step at which the model reads the image (or the budget runs out): decay starts
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    warmup = max(1, min(100, steps // 20))
+    decay_len = max(1, min(decay_steps, steps))
+    decay_from = None  # the step at which the model reads its input (or the budget runs out): decay starts
     model.train()
     losses = []
-    bar = tqdm(range(cfg.sft_steps), desc="SFT tiny checkpoint", disable=not progress, mininterval=1.0)
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=1.0)
     for step in bar:
         recent = sum(losses[-100:]) / len(losses[-100:]) if len(losses) >= 100 else float("inf")
-        if decay_from is None and (recent < cfg.read_image_loss or step >= cfg.sft_steps - decay_len):
+        if decay_from is None and (recent < read_loss or step >= steps - decay_len):
             decay_from = step
             if log is not None:
                 log(f"SFT step {step}: loss {recent:.3f}; learning rate decays over the next {decay_len} steps")
@@ -237,8 +263,8 @@ def sft_train(model, processor, cfg: ToyCheckpointConfig, progress: bool = True,
             break
         decay = 1.0 if decay_from is None else max(0.05, 1 - (step - decay_from) / decay_len)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * min(1.0, (step + 1) / warmup) * decay
-        batch = [encoded[i] for i in torch.randint(len(encoded), (cfg.batch_size,), generator=generator)]
+            group["lr"] = learning_rate * min(1.0, (step + 1) / warmup) * decay
+        batch = [encoded[i] for i in torch.randint(len(encoded), (batch_size,), generator=generator)]
         width = max(len(ids) for _, ids, _ in batch)
         # Right padding for training; the attention mask hides the pads.
         input_ids = torch.full((len(batch), width), pad_id)
@@ -248,8 +274,8 @@ def sft_train(model, processor, cfg: ToyCheckpointConfig, progress: bool = True,
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, : len(labs)] = torch.tensor(labs)
             attention[row, : len(ids)] = 1
-        pixel_values = torch.stack([pixels[sid] for sid, _, _ in batch])
-        loss = model(input_ids=input_ids, attention_mask=attention, pixel_values=pixel_values, labels=labels).loss
+        vision = vision_inputs([media for media, _, _ in batch])
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels, **vision).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -295,19 +321,27 @@ def build_checkpoint(cfg: ToyCheckpointConfig, out_dir: Path, progress: bool = T
     processor = build_processor(cfg.world)
     model = build_model(cfg, processor.tokenizer)
     losses = sft_train(model, processor, cfg, progress=progress, log=None if progress else log)
+    command = SHIP_COMMAND if out_dir.parent == SHIPPED_DIR else "halign toy-checkpoint"
+    return save_build(model, processor, cfg, losses, out_dir, start, command, BUILDER_VERSION)
+
+
+def save_build(model, processor, cfg, losses: list[float], out_dir: Path, start: float, command: str,
+               builder_version: int) -> Path:
+    """Save a built checkpoint with its build record (config, key, loss, file hashes, machine) into `out_dir`,
+    through a temporary folder, so an interrupted save never leaves a folder that looks complete."""
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     write_json(tmp / BUILD_RECORD, {
-        "config": asdict(cfg), "key": cfg.key(), "builder_version": BUILDER_VERSION,
+        "config": asdict(cfg), "key": cfg.key(), "builder_version": builder_version,
         "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])), "build_seconds": round(time.time() - start, 1),
         "steps": len(losses),
         "parameters": sum(p.numel() for p in model.parameters()), "files": _file_hashes(tmp),
         # Where the weights came from: the same seed on another CPU gives other weights (module docstring).
         "built_on": {"machine": platform.machine(), "processor": _cpu_name(), "python": platform.python_version(),
                      "torch": torch.__version__, "transformers": _version("transformers")},
-        "command": SHIP_COMMAND if out_dir.parent == SHIPPED_DIR else "halign toy-checkpoint",
+        "command": command,
     })
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
@@ -347,15 +381,20 @@ def get_toy_checkpoint(cfg: ToyCheckpointConfig | None = None, cache_dir: str | 
             return shipped
         log(f"the shipped toy checkpoint at {shipped} cannot be trusted ({problem}); building one in the cache")
     root = Path(cache_dir) if cache_dir else cache_root()
-    folder = root / f"toy-llava-{cfg.key()}"
+    return cached_build(root / f"toy-llava-{cfg.key()}", lambda folder: build_checkpoint(cfg, folder, progress, log),
+                        "toy checkpoint", "the tiny toy-world checkpoint", log)
+
+
+def cached_build(folder: Path, build, what: str, description: str, log=print) -> Path:
+    """`folder` when it holds an intact build, else `build(folder)` (rebuilding a corrupted one)."""
     if folder.exists():
         problem = verify_checkpoint(folder)
         if problem is None:
             return folder
-        log(f"cached toy checkpoint at {folder} cannot be trusted ({problem}); rebuilding it")
-    root.mkdir(parents=True, exist_ok=True)
-    log(f"building the tiny toy-world checkpoint into {folder} (once; a few minutes on 2 CPU cores)")
-    return build_checkpoint(cfg, folder, progress=progress, log=log)
+        log(f"cached {what} at {folder} cannot be trusted ({problem}); rebuilding it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    log(f"building {description} into {folder} (once; a few minutes on 2 CPU cores)")
+    return build(folder)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
