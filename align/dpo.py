@@ -267,21 +267,18 @@ def attach_tracking(trainer, track: dict, processor, out: Path):
 
 
 def parse_value(text: str):
-    """CLI override values: YAML scalars and lists (`1e-4`, `true`, `[sigmoid,sft]`)."""
-    import re
+    """CLI override values: YAML scalars and lists (`1e-4`, `true`, `[sigmoid,sft]`), as every override."""
+    from halign.data_gen.overrides import parse_value as parse
 
-    import yaml
-
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
-        return float(value)  # YAML 1.1 reads 1e-4 (no dot in the mantissa) as a string
-    return value
+    return parse(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--pairs", required=True, help="pairs dataset folder (output of `halign pairs`)")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--model", help="policy checkpoint (required unless --config)")
+    parser.add_argument("--pairs", help="pairs dataset folder (output of `halign pairs`; required unless --config)")
+    parser.add_argument("--out", help="output folder (required unless --config)")
+    parser.add_argument("--config", default=None,
+                        help="a TrainConfig as JSON (what a recipe's train stage launches); replaces the other options")
     parser.add_argument("--full", action="store_true", help="full-parameter training (peft: null)")
     parser.add_argument("--accelerate-config", default=None,
                         help="single | ddp | zero2 | zero3 (shipped configs) or an accelerate config file")
@@ -302,12 +299,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    missing = [f"--{name}" for name in ("model", "pairs", "out") if not getattr(args, name)]
+    if missing and not args.config:
+        raise ValueError(f"{', '.join(missing)} required (or --config FILE)")
     if args.accelerate_config not in (None, "single") or args.num_processes > 1:
         import subprocess
 
         from halign.align.launch import launch_command
 
         train_argv = ["--model", args.model, "--pairs", args.pairs, "--out", args.out, *args.overrides]
+        if args.config:  # a recipe's train stage (recipes/stages.py): its TrainConfig as JSON
+            train_argv = ["--config", args.config]
         if args.full:
             train_argv.append("--full")
         if args.track_every:
@@ -324,18 +326,25 @@ def main(args: argparse.Namespace) -> int:
             train_argv += ["--row-tokens", str(args.row_tokens)]
         argv, env = launch_command(args.accelerate_config or "ddp", args.num_processes, train_argv)
         return subprocess.run(argv, env={**os.environ, **env}).returncode
+    if args.config:  # one process of a launched recipe training
+        import json
+
+        print(train(TrainConfig(**json.loads(Path(args.config).read_text()))))
+        return 0
+    from halign.data_gen.overrides import parse_override
+
     dpo, peft, mdpo = {}, ({} if not args.full else None), {}
     for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
+        parts, value = parse_override(item)
+        if len(parts) != 2:
             raise ValueError(f"override {item!r} must look like dpo.KEY=VALUE or peft.KEY=VALUE")
-        section, name = key.split(".", 1)
+        section, name = parts
         if section == "dpo":
-            dpo[name] = parse_value(value)
+            dpo[name] = value
         elif section == "peft" and peft is not None:
-            peft[name] = parse_value(value)
+            peft[name] = value
         elif section == "mdpo":
-            mdpo[name] = parse_value(value)
+            mdpo[name] = value
         else:
             raise ValueError(f"override {item!r}: unknown section {section!r} (or peft.* with --full)")
     if mdpo and not args.mdpo:

@@ -1,4 +1,5 @@
-"""Multi-process training: `halign train --accelerate-config single|ddp|zero2|zero3 --num-processes N`.
+"""Multi-process training: `halign train --accelerate-config single|ddp|zero2|zero3 --num-processes N`, and a
+recipe's `train.accelerate_config` / `train.num_processes` (recipes/stages.py), through the same command.
 
 The shipped configs (align/configs/*.yaml) are ordinary `accelerate` config files; a path to your own works
 too. On GPUs the training command is re-run under `accelerate launch`. Without a GPU, accelerate's own
@@ -49,11 +50,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(config_name: str, num_processes: int, train_argv: list[str], cuda: bool | None = None):
-    """(argv, extra environment) that runs `halign train <train_argv>` in `num_processes` processes."""
+def launch_command(config_name: str, num_processes: int | None, train_argv: list[str], cuda: bool | None = None):
+    """(argv, extra environment) that runs `halign train <train_argv>` in `num_processes` processes (None: the
+    config's own num_processes, else 1)."""
     import torch
 
     config = load_config(config_name)
+    if num_processes is None:
+        num_processes = int(config.get("num_processes") or 1)
     cuda = torch.cuda.is_available() if cuda is None else cuda
     deepspeed = config["distributed_type"] == "DEEPSPEED"
     if deepspeed and importlib.util.find_spec("deepspeed") is None:

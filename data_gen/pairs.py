@@ -26,7 +26,7 @@ import itertools
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from halign.data_gen.io import ensure_writable_dir, read_records, write_json, write_manifest
@@ -36,12 +36,15 @@ STRATEGIES = ("best_vs_worst", "gap", "corrected")
 
 @dataclass
 class PairsConfig:
-    strategy: str = "gap"
-    min_gap: float = 1.0
-    sample_num: int = 2  # most pairs per prompt
-    keep_coverage: bool = True
-    min_length_ratio: float | None = None  # len(chosen) / len(rejected) in words
-    seed: int = 0
+    # Each field's help lives in its metadata: `halign pairs`, `halign gen-pairs` and recipe errors read it.
+    strategy: str = field(default="gap", metadata={"help": f"how pairs are formed: {', '.join(STRATEGIES)}"})
+    min_gap: float = field(default=1.0, metadata={"help": "smallest judge-score gap between chosen and rejected"})
+    sample_num: int = field(default=2, metadata={"help": "most pairs per prompt"})
+    keep_coverage: bool = field(default=True, metadata={
+        "help": "drop a pair whose chosen answer covers fewer true objects than the rejected one"})
+    min_length_ratio: float | None = field(default=None, metadata={
+        "help": "drop a pair whose chosen answer is shorter than this fraction of the rejected one (words)"})
+    seed: int = field(default=0, metadata={"help": "seeds which pairs a prompt keeps"})
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:

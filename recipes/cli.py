@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("halign.data_gen.sample", "sample K candidate answers per prompt with a checkpoint"),
     "judge": ("halign.rewards.judges.cli", "judge candidates (AI feedback) -> judgments.jsonl"),
     "pairs": ("halign.data_gen.pairs", "build preference pairs from judgments"),
-    "gen-pairs": ("halign.data_gen.gen_pairs", "sample + judge + pairs in one go"),
+    "gen-pairs": ("halign.recipes.gen_pairs", "sample + judge + pairs in one go"),
     "train": ("halign.align.dpo", "DPO training on preference pairs (LoRA or full)"),
     "rlaif": ("halign.recipes.rlaif", "iterative RLAIF: R rounds of sample, judge, pair, train; keeps the best round"),
     "export": ("halign.align.export", "merge LoRA adapters into a standalone checkpoint"),

@@ -9,21 +9,22 @@ valid keys: they are reported by `notes()` and refused only at execution.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-SECTIONS = ("model", "seed", "rounds", "toy_checkpoint", "source", "sample", "judge", "pairs", "train", "eval", "gate")
-SOURCE_KEYS = {"toy_world": {"type", "split", "n", "start", "exclude_seen", "world", "qa_fraction"},
-               "jsonl": {"type", "path", "max_images"}}
-TRAIN_KEYS = {"dpo", "peft", "dtype", "accelerate_config", "mdpo", "quantization", "fast", "row_tokens"}
-EVAL_KEYS = {"source", "benchmark", "metric", "max_new_tokens", "batch_size", "before"}
+from halign.recipes.fields import from_mapping
+
+SECTIONS = ("model", "seed", "rounds", "toy_checkpoint", "source", "sample", "judge", "omission_negatives", "pairs",
+            "train", "eval", "gate")
+# Sources the engine draws itself (typed in recipes/sections.py); a spec of data_gen/sources.py
+# (LOADED_SOURCES) is read by load_source, which checks its own keys, and is the same pool every round.
+ENGINE_SOURCES = ("jsonl", "toy_world")
+LOADED_SOURCES = ("toy", "toy_video", "json", "hf", "coco", "video")
 # Built-in judges that recipes may already name; until they are registered they fail at execution only.
 PLANNED_JUDGES = {"claims": "claim-level verifier judge"}
-SHIPPED_ACCELERATE = ("zero2", "zero3")
 
 
 def find_recipe(path: str | Path) -> Path:
@@ -49,25 +50,10 @@ def load_recipe(path: str | Path) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """`a.b.c=value` sets a nested key; values are YAML (`1e-4`, `true`, `null`, `[sigmoid,sft]`,
-    `{type: toy_world, n: 4}`). A mapping value replaces the whole section, so a source type can change."""
-    cfg = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ValueError(f"override {item!r} must look like section.key=value")
-        value = yaml.safe_load(text) if text.strip() else None
-        node = cfg
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return cfg
+    """`a.b.c=value` sets a nested key (data_gen/overrides.py, the one parser of `key=value` settings)."""
+    from halign.data_gen.overrides import apply_overrides as apply
+
+    return apply(raw, overrides)
 
 
 def _unknown(where: str, given: dict, known) -> None:
@@ -87,56 +73,50 @@ def _section(raw: dict, name: str, default=None) -> dict:
 
 
 def _check_source(where: str, src: dict | None) -> dict:
+    types = list(ENGINE_SOURCES) + list(LOADED_SOURCES if where == "source" else ())
     if not src or "type" not in src:
-        raise ValueError(f"{where}.type is required: one of {sorted(SOURCE_KEYS)}")
-    if src["type"] not in SOURCE_KEYS:
-        raise ValueError(f"{where}.type must be one of {sorted(SOURCE_KEYS)}, got {src['type']!r}")
-    _unknown(where, src, SOURCE_KEYS[src["type"]])
-    if src["type"] == "jsonl":
-        if not src.get("path"):
-            raise ValueError(f"{where}.path is required for a jsonl source")
-        if src.get("max_images") is not None and int(src["max_images"]) < 1:
-            raise ValueError(f"{where}.max_images must be >= 1")
+        raise ValueError(f"{where}.type is required: one of {types}")
+    if src["type"] not in types:
+        raise ValueError(f"{where}.type must be one of {types}, got {src['type']!r}")
+    if src["type"] in LOADED_SOURCES:
+        return src
+    from halign.recipes.sections import JsonlSource, ToyWorldSource
+
+    if src["type"] == "jsonl":  # n: records per round (round r reads slice r); absent: the whole file
+        from_mapping(where, JsonlSource, src)
         return {"type": "jsonl", "max_images": None, **src}
     from halign.data_gen.toy_world import ToyWorldConfig
 
     if where == "eval.source" and src.get("qa_fraction"):
         raise ValueError("eval.source.qa_fraction: existence questions are mixed into training prompts only; "
                          "the eval scenes stay held out (POPE asks them)")
+    from_mapping(where, ToyWorldSource, src)
     src = {"type": "toy_world", "split": "dpo", "n": 600, "start": 0, "exclude_seen": False, "world": {},
            "qa_fraction": 0.0, **src}
-    if not isinstance(src["n"], int) or src["n"] < 1:
-        raise ValueError(f"{where}.n must be a positive integer")
-    q = src["qa_fraction"]
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 1:
-        raise ValueError(f"{where}.qa_fraction must be a number in [0, 1], got {q!r}")
     _unknown(f"{where}.world", src["world"] or {}, [f.name for f in dataclasses.fields(ToyWorldConfig)])
     return src
 
 
 def _dataclass(where: str, cls, values: dict, **fixed):
-    _unknown(where, values, [f.name for f in dataclasses.fields(cls) if f.name not in fixed])
-    try:
-        return cls(**fixed, **values)
-    except (ValueError, TypeError) as err:  # __post_init__ checks: impossible combinations
-        raise ValueError(f"{where}: {err}") from None
+    """A library dataclass (SampleConfig, PairsConfig) from a recipe section, errors naming the key."""
+    return from_mapping(where, cls, values, **fixed)
 
 
 def resolve(raw: dict) -> dict:
     """Defaults filled in and every key validated; the result is what the runner executes and hashes."""
-    from halign.align.dpo import TrainConfig, check_keys
     from halign.data_gen.pairs import PairsConfig
     from halign.data_gen.sample import SampleConfig
     from halign.data_gen.toy_checkpoint import ToyCheckpointConfig
 
+    from halign.recipes.sections import RecipeTop
+
     _unknown("recipe", raw, SECTIONS)
     if not raw.get("model"):
         raise ValueError("model is required: a checkpoint folder, a hub id, or `toy`")
-    seed = raw.get("seed", 0)
-    rounds = raw.get("rounds", 1)
-    if not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
-    cfg = {"model": str(raw["model"]), "seed": seed, "rounds": rounds}
+    top = from_mapping("recipe", RecipeTop, {"model": str(raw["model"]),
+                                             **{k: raw[k] for k in ("seed", "rounds", "omission_negatives") if k in raw}})
+    seed, rounds = top.seed, top.rounds
+    cfg = {"model": top.model, "seed": seed, "rounds": rounds}
     cfg["toy_checkpoint"] = _section(raw, "toy_checkpoint", {})
     _unknown("toy_checkpoint", cfg["toy_checkpoint"], [f.name for f in dataclasses.fields(ToyCheckpointConfig)
                                                        if f.name not in ("world", "seed")])
@@ -151,6 +131,7 @@ def resolve(raw: dict) -> dict:
     judge = _section(raw, "judge", {"name": "grounding"})
     cfg["judge"] = {"name": "grounding", **judge}
     _check_judge(cfg["judge"])
+    cfg["omission_negatives"] = top.omission_negatives
 
     pairs = {"seed": seed, **_section(raw, "pairs", {})}
     cfg["pairs"] = dataclasses.asdict(_dataclass("pairs", PairsConfig, pairs))
@@ -158,8 +139,33 @@ def resolve(raw: dict) -> dict:
         raise ValueError("pairs.strategy=corrected needs a judge that writes corrected answers "
                          "(judge.name=caption); the grounding judge writes none")
 
-    train = _section(raw, "train", {})
-    _unknown("train", train, TRAIN_KEYS)
+    cfg["train"], cfg["train_resolved"] = _resolve_train(_section(raw, "train", {}), seed)
+    ev = _section(raw, "eval", {})
+    if cfg["train"] is None and (rounds > 1 or ev is not None):
+        raise ValueError("train: null (stop after the pairs) needs rounds: 1 and eval: null")
+    if ev is not None:
+        from halign.recipes.sections import EvalSection
+
+        from_mapping("eval", EvalSection, ev)
+        ev = {"benchmark": "toy", "metric": {}, "max_new_tokens": 64, "batch_size": 64, "before": True,
+              "rounds": "every", **ev}
+        ev["source"] = _check_source("eval.source", ev.get("source"))
+        _check_eval_metric(ev)
+    cfg["eval"] = ev
+    cfg["gate"] = _check_gate(raw, cfg)
+    return cfg
+
+
+def _resolve_train(train: dict | None, seed: int) -> tuple[dict | None, dict | None]:
+    """(train section with defaults, {"dpo", "peft"} with halign's DEFAULT_* applied); (None, None) for
+    train: null, a recipe that stops after the pairs (`halign gen-pairs`)."""
+    from halign.align.dpo import TrainConfig, check_keys
+
+    from halign.recipes.sections import TrainSection
+
+    if train is None:
+        return None, None
+    from_mapping("train", TrainSection, train)
     dpo = {"seed": seed, **(train.get("dpo") or {})}
     peft = train.get("peft", {})
     tc = TrainConfig(model="", pairs="", output_dir="", dpo=dpo, peft=peft)
@@ -181,27 +187,13 @@ def resolve(raw: dict) -> dict:
     MdpoConfig.from_setting(mdpo)
     quantization = train.get("quantization") or None
     quantization_args(quantization, lora=peft is not None)
-    cfg["train"] = {"dpo": dpo, "peft": peft, "dtype": train.get("dtype", "float32"),
-                    "accelerate_config": train.get("accelerate_config"), "mdpo": mdpo, "quantization": quantization}
-    if "fast" in train:  # train.fast: false = plain trl.DPOTrainer (added only when set: old recipes keep their hash)
-        if not isinstance(train["fast"], bool):
-            raise ValueError(f"train.fast must be true or false, got {train['fast']!r}")
-        cfg["train"]["fast"] = train["fast"]
-    if train.get("row_tokens") is not None:  # several pairs per row on the fast path (added only when set, as fast)
-        if not isinstance(train["row_tokens"], int) or isinstance(train["row_tokens"], bool) or train["row_tokens"] < 1:
-            raise ValueError(f"train.row_tokens must be a positive number of tokens, got {train['row_tokens']!r}")
-        cfg["train"]["row_tokens"] = train["row_tokens"]
-    cfg["train_resolved"] = {"dpo": args, "peft": tc.lora_args()}  # shown in the plan; DEFAULT_* applied
-
-    ev = _section(raw, "eval", {})
-    if ev is not None:
-        _unknown("eval", ev, EVAL_KEYS)
-        ev = {"benchmark": "toy", "metric": {}, "max_new_tokens": 64, "batch_size": 64, "before": True, **ev}
-        ev["source"] = _check_source("eval.source", ev.get("source"))
-        _check_eval_metric(ev)
-    cfg["eval"] = ev
-    cfg["gate"] = _check_gate(raw, cfg)
-    return cfg
+    out = {"dpo": dpo, "peft": peft, "dtype": train.get("dtype", "float32"),
+           "accelerate_config": train.get("accelerate_config"), "mdpo": mdpo, "quantization": quantization}
+    # Keys added only when set, so that recipes written before they existed keep their stage keys.
+    for key in ("num_processes", "fast", "row_tokens"):
+        if train.get(key) is not None:
+            out[key] = train[key]
+    return out, {"dpo": args, "peft": tc.lora_args()}  # train_resolved: shown in the plan; DEFAULT_* applied
 
 
 def _check_eval_metric(ev: dict) -> None:
@@ -223,11 +215,15 @@ def _check_eval_metric(ev: dict) -> None:
 def _check_gate(raw: dict, cfg: dict) -> dict | None:
     """gate: which round `rounds: R > 1` keeps (recipes/round_gate.py), scored on validation records: the toy
     world's val split with a toy-world eval, else `gate.source` (a jsonl source, disjoint from eval's).
-    Absent: on whenever there are rounds and an eval; null: off (the last round is kept)."""
+    Absent: on whenever there are rounds and an eval, or `eval.rounds: kept` (then also with one round: the
+    gate weighs it against the model before alignment); null: off (the last round is kept)."""
     from halign.recipes.round_gate import GateRule
 
     gate = _section(raw, "gate", {})
-    if gate is None or cfg["rounds"] == 1 or cfg["eval"] is None:
+    kept = cfg["eval"] is not None and cfg["eval"]["rounds"] == "kept"
+    if gate is None and kept:
+        raise ValueError("eval.rounds: kept needs the gate (gate: null keeps the last round; use eval.rounds: every)")
+    if gate is None or (cfg["rounds"] == 1 and not kept) or cfg["eval"] is None:
         return None
     _unknown("gate", gate, [*GateRule.__dataclass_fields__, "source"])
     try:
@@ -258,19 +254,14 @@ def _check_judge(judge: dict) -> None:
             raise ValueError(f"unknown key judge.{extra[0]}: judge {name!r} takes {sorted(accepted - {'progress'})}")
 
 
-def accelerate_config_path(spec: str) -> Path:
-    if spec in SHIPPED_ACCELERATE:
-        return Path(str(resources.files("halign.align"))) / "configs" / f"{spec}.yaml"
-    return Path(spec)
-
-
 def notes(cfg: dict) -> list[str]:
     """What this recipe asks for that cannot execute in this version or on this machine (dry-run shows
     them; `blocking` ones make execution refuse before any stage runs)."""
     from halign.rewards.judges.registry import JUDGES
 
     out = []
-    if cfg["train"]["quantization"]:
+    train = cfg["train"] or {}
+    if train.get("quantization"):
         from halign.align.qlora import check_hardware
 
         try:
@@ -280,9 +271,14 @@ def notes(cfg: dict) -> list[str]:
     if cfg["judge"]["name"] in PLANNED_JUDGES and cfg["judge"]["name"] not in JUDGES:
         out.append(f"judge.name: {cfg['judge']['name']!r} ({PLANNED_JUDGES[cfg['judge']['name']]}) is not "
                    f"implemented yet; built-ins: {sorted(JUDGES)}")
-    acc = cfg["train"]["accelerate_config"]
-    if acc and not accelerate_config_path(acc).exists():
-        out.append(f"train.accelerate_config: {acc!r}: no such file ({accelerate_config_path(acc)})")
+    acc = train.get("accelerate_config")
+    if acc:
+        from halign.align.launch import SHIPPED, config_path
+
+        try:
+            config_path(acc)
+        except ValueError:
+            out.append(f"train.accelerate_config: {acc!r} is neither a shipped config {SHIPPED} nor a file")
     for where, src in (("source", cfg["source"]), ("eval.source", (cfg["eval"] or {}).get("source")),
                        ("gate.source", (cfg["gate"] or {}).get("source"))):
         if src and src["type"] == "jsonl" and not Path(src["path"]).exists():

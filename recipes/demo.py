@@ -5,8 +5,10 @@ offline grounding judge, preference pairs, DPO with LoRA, merge), each round sco
 the gate keeps the best round -> the model before alignment and the kept round scored on held-out test
 scenes (captions: CHAIR / recall; yes/no questions: POPE) -> table, JSON report and PNG plot.
 
-The demo is `halign rlaif` (recipes/rlaif.py) with the toy world's settings: one engine, one folder layout
-(`RUN/round{r}/<stage>/`), every stage through the same functions the stage CLIs use.
+The demo is `halign rlaif` (recipes/rlaif.py) with the toy world's settings, so a recipe run by the engine
+(recipes/runner.py): one folder layout (`RUN/round_{r}/<stage>/`), every stage through the same functions
+the stage CLIs use. `recipes/demo.yaml` is the same run as a recipe (`halign run demo.yaml`); a test keeps
+the two equal.
 """
 
 from __future__ import annotations
@@ -103,9 +105,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
         "round_seconds": [r["seconds"] for r in summary["rounds"][1:]],
         "config": asdict(cfg),
     }
-    from halign.recipes.html_runs import write_demo_html
-
-    report["html"] = str(write_demo_html(cfg.out, report))  # RUN/report.html: before vs kept round, per item
+    report["html"] = str(Path(cfg.out) / "report.html")  # the engine's page: before vs the kept round, per item
     write_json(Path(cfg.out) / "demo_report.json", report)
     return report
 
@@ -147,7 +147,7 @@ def plot(report: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from halign.recipes.rlaif import draw_rounds, save_figure
+    from halign.recipes.scoring import draw_rounds, save_figure
 
     labels = [label for label, _ in BARS] + [label for label, _ in POPE_BARS]
     values = {side: [report[side][k] for _, k in BARS] + [report["pope"][side][k] for _, k in POPE_BARS]

@@ -1,4 +1,4 @@
-"""The HTML report of a run folder, written at the end of `halign demo` and `halign run`.
+"""The HTML report of a run folder, written at the end of `halign run` (and so of `halign demo` / `rlaif`).
 
 Both compare the base model's report with the aligned one(s) through `halign compare --html`, so the page
 is the one a user gets from the command line: `RUN/report.html`, next to the run's other outputs.
@@ -13,17 +13,21 @@ def _existing(path: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def write_demo_html(run_dir: str | Path, report: dict) -> Path:
-    """RUN/report.html for `halign demo`: the test scenes before alignment vs the round the gate kept
-    (captions and POPE), that round's judgments, and the validation-per-round plot (recipes/rlaif.py)."""
+def write_kept_html(run_dir: str | Path, summary: dict) -> Path:
+    """RUN/report.html of a run that keeps one round (`eval.rounds: kept`, as `halign demo` and `halign rlaif`
+    run): the test records before alignment vs the round the gate kept (captions and, where scored, POPE),
+    that round's judgments, and the validation-per-round plot."""
     from halign.recipes.compare import run_compare
 
-    run_dir, kept = Path(run_dir), report["kept_round"]
-    before, after = run_dir / "test" / "round0", run_dir / "test" / f"round{kept}"
-    judged = run_dir / f"round{max(1, kept)}"  # round 0 is the base model: nothing was judged for it
-    plot = run_dir / "rlaif.png"
-    run_compare([before / "report.json", after / "report.json"], run_dir / "compare", html=run_dir / "report.html",
-                pope=[before / "pope.json", after / "pope.json"],
+    run_dir, kept = Path(run_dir), summary["kept_round"]
+    first = run_dir / "round_1" / "eval"
+    after = run_dir / f"round_{kept}" / "eval" / "report_after.json" if kept else first / "report_before.json"
+    pope_after = after.parent / ("pope_after.json" if kept else "pope_before.json")
+    judged = run_dir / f"round_{max(1, kept)}"  # round 0 is the base model: nothing was judged for it
+    plot = run_dir / "rounds.png"
+    pope = [first / "pope_before.json", pope_after]
+    run_compare([first / "report_before.json", after], run_dir / "compare", html=run_dir / "report.html",
+                pope=pope if all(p.exists() for p in pope) else None,
                 judgments=_existing(judged / "judge" / "judgments.jsonl"),
                 candidates=_existing(judged / "sample" / "candidates.jsonl"),
                 extra_plots=[("validation per round", plot.read_bytes())] if plot.exists() else [],

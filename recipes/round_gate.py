@@ -14,7 +14,7 @@ Round 0 is always eligible: when no round passes, the gate keeps the starting mo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -24,10 +24,11 @@ POPE_KEYS = ("accuracy", "f1", "yes_ratio")
 
 @dataclass(frozen=True)
 class GateRule:
-    metric: str = "chair_i"  # minimised: "chair_i" or "chair_s"
-    recall_tolerance: float = 0.03  # a round may lose at most 3 points of recall against round 0 ...
-    pope_tolerance: float = 0.01  # ... and at most 1 point of POPE accuracy
-    val_scenes: int = 200  # toy world: size of the validation split
+    metric: str = field(default="chair_i", metadata={"help": "minimised on validation: chair_i or chair_s"})
+    recall_tolerance: float = field(default=0.03, metadata={
+        "help": "a round may lose at most this much validation recall against round 0 ..."})
+    pope_tolerance: float = field(default=0.01, metadata={"help": "... and at most this much POPE accuracy"})
+    val_scenes: int = field(default=200, metadata={"help": "toy world: size of the validation split"})
 
     def __post_init__(self):
         if self.metric not in ("chair_i", "chair_s"):

@@ -21,13 +21,14 @@ def test_demo_ran_every_stage(quick_demo):
     run = quick_demo / "run"
     for r in (1, 2):
         for stage in ("sample", "judge", "pairs", "train"):
-            manifest = json.loads((run / f"round{r}" / stage / "manifest.json").read_text())
+            manifest = json.loads((run / f"round_{r}" / stage / "manifest.json").read_text())
             assert manifest["stage"] == stage and manifest["versions"]["torch"]
-        assert (run / f"round{r}" / "sample" / "candidates.jsonl").stat().st_size > 0
-        assert (run / f"round{r}" / "judge" / "judgments.jsonl").stat().st_size > 0
-        assert (run / f"round{r}" / "pairs" / "dataset" / "dataset_info.json").exists()
-        assert (run / f"round{r}" / "validation" / "pope.json").exists()
-    assert (run / "test" / "round0" / "report.json").exists() and (run / "test" / "round0" / "pope.json").exists()
+        assert (run / f"round_{r}" / "sample" / "candidates.jsonl").stat().st_size > 0
+        assert (run / f"round_{r}" / "judge" / "judgments.jsonl").stat().st_size > 0
+        assert (run / f"round_{r}" / "pairs" / "dataset" / "dataset_info.json").exists()
+        assert (run / f"round_{r}" / "validation" / "pope.json").exists()
+    test = run / "round_1" / "eval"  # the test split before alignment
+    assert (test / "report_before.json").exists() and (test / "pope_before.json").exists()
     assert (run / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -46,10 +47,10 @@ def test_demo_report_schema(quick_demo, tiny_checkpoint):
 
 def test_training_changed_the_parameters(quick_demo):
     # LoRA initialises B to zero: any non-zero B means the optimiser moved the adapter.
-    adapter = load_file(str(quick_demo / "run" / "round1" / "train" / "adapter_model.safetensors"))
+    adapter = load_file(str(quick_demo / "run" / "round_1" / "train" / "adapter_model.safetensors"))
     lora_b = [t for name, t in adapter.items() if "lora_B" in name]
     assert lora_b and any(t.abs().max() > 0 for t in lora_b)
-    manifest = json.loads((quick_demo / "run" / "round1" / "train" / "manifest.json").read_text())
+    manifest = json.loads((quick_demo / "run" / "round_1" / "train" / "manifest.json").read_text())
     assert manifest["mode"] == "lora" and manifest["steps"] > 0
 
 
@@ -58,10 +59,10 @@ def test_demo_rounds_are_on_policy(quick_demo):
     assert [r["round"] for r in report["rounds"]] == [0, 1, 2]  # validation scores, round 0 = before
     run = quick_demo / "run"
     # Round 2 sampled with round 1's merged policy, on scenes round 1 never saw.
-    manifest = json.loads((run / "round2" / "sample" / "manifest.json").read_text())
-    assert manifest["config"]["model"] == str(run / "round1" / "policy")
-    first = {json.loads(line)["id"] for line in (run / "round1" / "prompts.jsonl").read_text().splitlines()}
-    second = {json.loads(line)["id"] for line in (run / "round2" / "prompts.jsonl").read_text().splitlines()}
+    manifest = json.loads((run / "round_2" / "sample" / "manifest.json").read_text())
+    assert manifest["config"]["model"] == str((run / "round_1" / "train" / "merged").resolve())
+    first = {json.loads(line)["id"] for line in (run / "round_1" / "source" / "prompts.jsonl").read_text().splitlines()}
+    second = {json.loads(line)["id"] for line in (run / "round_2" / "source" / "prompts.jsonl").read_text().splitlines()}
     assert first and second and not first & second
     assert set(report["pope"]["after"]) >= {"accuracy", "f1", "yes_ratio"}
     assert all("pope_accuracy" in r for r in report["rounds"])

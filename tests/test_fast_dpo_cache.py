@@ -251,7 +251,7 @@ def test_recipe_key_train_fast():
 
 def test_recipe_key_train_row_tokens():
     from halign.recipes.config import resolve
-    from halign.recipes.runner import train_config
+    from halign.recipes.stages import train_config
 
     cfg = resolve({**RECIPE, "train": {"row_tokens": 2048}})
     assert train_config(cfg, Path("run"), "ckpt")["row_tokens"] == 2048

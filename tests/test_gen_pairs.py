@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from halign.data_gen.gen_pairs import parse_option, parse_source, resolve_self_labeler
+from halign.recipes.gen_pairs import parse_option, parse_source, resolve_self_labeler
 
 
 def test_parsing():
@@ -45,7 +45,7 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    from halign.data_gen.gen_pairs import run
+    from halign.recipes.gen_pairs import run
     from halign.data_gen.sample import SampleConfig
 
     with pytest.raises(ValueError, match="exactly one"):

@@ -67,6 +67,6 @@ def test_demo_writes_its_report_page(tmp_path, tiny_checkpoint):
     assert report["html"] == str(tmp_path / "demo" / "report.html")
     assert data["labels"] == ["before", f"round {report['kept_round']} (kept)"]
     assert data["n_items"] == report["test_n"] == 24
-    assert data["pope"]["n"] == len(json.loads((tmp_path / "demo" / "test" / "round0" / "pope.json").read_text())
+    assert data["pope"]["n"] == len(json.loads((tmp_path / "demo" / "round_1" / "eval" / "pope_before.json").read_text())
                                     ["per_item"])
     assert data["judge"]["n"] > 0 and all(src for src in data["images"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from halign.data_gen.gen_pairs import run
+from halign.recipes.gen_pairs import run
 from halign.data_gen.pairs import PairsConfig
 from halign.data_gen.sample import SampleConfig
 

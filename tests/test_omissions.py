@@ -44,10 +44,10 @@ def test_round_with_omission_negatives(tmp_path, tiny_checkpoint):
     cfg = tiny_cfg(tmp_path / "r", tiny_checkpoint)
     cfg.rounds, cfg.omission_negatives = 1, True
     run_rlaif(cfg, progress=False, log=lambda *_: None)
-    folder = tmp_path / "r" / "round1" / "omissions"
+    folder = tmp_path / "r" / "round_1" / "omissions"
     copies = [json.loads(line) for line in (folder / "candidates.jsonl").read_text().splitlines()]
     judged = [json.loads(line) for line in (folder / "judgments.jsonl").read_text().splitlines()]
     assert copies and {c["origin"] for c in copies} == {"omission"}
     assert {j["candidate_id"] for j in judged} == {c["id"] for c in copies}
-    pairs = json.loads((tmp_path / "r" / "round1" / "pairs" / "manifest.json").read_text())
+    pairs = json.loads((tmp_path / "r" / "round_1" / "pairs" / "manifest.json").read_text())
     assert str(folder / "all_judgments.jsonl") in json.dumps(pairs)  # the pairs stage read the merged files

@@ -10,7 +10,7 @@ from halign.data_gen import toy_world
 from halign.data_gen.pairs import PairsConfig, build_pairs
 from halign.recipes import config as recipe_config
 from halign.recipes.demo import DemoConfig
-from halign.recipes.runner import source_identity, write_source
+from halign.recipes.inputs import source_identity, write_source
 from halign.rewards.judges.grounding import GroundingJudge, existence_object, question_text
 from halign.rewards.object_hallucination import ObjectVocabulary, score_item
 

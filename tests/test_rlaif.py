@@ -25,19 +25,21 @@ def test_two_rounds_then_resume_does_nothing(tmp_path, tiny_checkpoint):
         assert {"chair_s", "chair_i", "recall", "n", "pope_accuracy", "pope_yes_ratio"} <= set(h) and h["n"] == 8
     # Round 2 trained from round 1's merged policy, which is a standalone checkpoint.
     policy1 = rounds[1]["policy"]
-    assert policy1.endswith("round1/policy")
-    train2 = json.loads((tmp_path / "r" / "round2" / "train" / "manifest.json").read_text())
+    assert policy1.endswith("round_1/train/merged")
+    train2 = json.loads((tmp_path / "r" / "round_2" / "train" / "manifest.json").read_text())
     assert train2["config"]["model"] == policy1
-    assert (tmp_path / "r" / "rlaif.png").exists()
+    assert (tmp_path / "r" / "rounds.png").exists()
     # The gate kept one round, by its rule; the test split scored only the start and that round.
     kept = summary["gate"]["chosen_round"]
     assert summary["final_policy"] == rounds[kept]["policy"] and summary["last_policy"] == rounds[2]["policy"]
     assert summary["test"]["before"]["n"] == summary["test"]["after"]["n"] == 10
-    assert sorted(p.name for p in (tmp_path / "r" / "test").iterdir()) == sorted({"round0", f"round{kept}"})
+    assert (tmp_path / "r" / "round_1" / "eval" / "report_before.json").exists()
+    assert sorted(p.parent.parent.name for p in (tmp_path / "r").glob("round_*/eval/report_after.json")) == (
+        [f"round_{kept}"] if kept else [])
 
     # Round 1's prompts differ from round 2's (fresh prompts each round).
-    p1 = (tmp_path / "r" / "round1" / "prompts.jsonl").read_text()
-    p2 = (tmp_path / "r" / "round2" / "prompts.jsonl").read_text()
+    p1 = (tmp_path / "r" / "round_1" / "source" / "prompts.jsonl").read_text()
+    p2 = (tmp_path / "r" / "round_2" / "source" / "prompts.jsonl").read_text()
     assert p1 != p2
 
     logs.clear()
@@ -52,7 +54,7 @@ def test_merged_export_loads_with_auto_classes_and_differs_from_base(tmp_path, t
 
     run_rlaif(RlaifConfig(**{**tiny_cfg(tmp_path / "r", tiny_checkpoint).__dict__, "rounds": 1}), progress=False,
               log=lambda *_: None)
-    merged = tmp_path / "r" / "round1" / "policy"
+    merged = tmp_path / "r" / "round_1" / "train" / "merged"
     model = AutoModelForImageTextToText.from_pretrained(merged)
     AutoProcessor.from_pretrained(merged)
     base = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)
