@@ -9,6 +9,15 @@ with something else: `keep_coverage` drops pairs whose chosen side mentions fewe
 than the rejected side (else the model learns to say less, and recall falls), and `min_length_ratio`
 drops pairs whose chosen side is much shorter than the rejected one (RLAIF-V's length balance).
 
+`balance_lengths` balances the whole pair set instead of filtering pair by pair: among the pairs whose two
+answers differ in length (words), as many keep a shorter chosen side as a longer one (the larger group is
+subsampled at random, seeded; equal-length pairs all stay). Why: a hallucination is most often an *extra*
+item, so most pairs have the shorter answer chosen, and DPO then learns the cheapest feature that separates
+them, ending the list one item earlier, rather than which item is invented. In the toy world (seed 4) 468 of
+732 caption pairs of a round had the chosen side shorter; the policy kept its invented partners and dropped the
+last true object instead (recall 0.986 -> 0.906). `min_length_ratio` removes the same bias by dropping every
+shorter-chosen pair, which removes most of the hallucination signal with it.
+
 Native video prompts (a prompt record with `video`: its frame paths, and `video_fps`, from a video source with
 `as: video`) give pairs whose dataset rows have two more columns (`to_dataset`), present whenever any pair
 has a video:
@@ -44,6 +53,8 @@ class PairsConfig:
         "help": "drop a pair whose chosen answer covers fewer true objects than the rejected one"})
     min_length_ratio: float | None = field(default=None, metadata={
         "help": "drop a pair whose chosen answer is shorter than this fraction of the rejected one (words)"})
+    balance_lengths: bool = field(default=False, metadata={
+        "help": "subsample the pair set so that as many pairs have the shorter answer chosen as the longer one"})
     seed: int = field(default=0, metadata={"help": "seeds which pairs a prompt keeps"})
 
     def __post_init__(self):
@@ -149,6 +160,9 @@ def build_pairs(cfg: PairsConfig, prompts: dict[str, dict], candidates: list[dic
                 "rejected_score": rejected["score"],
                 "judge": rejected["judgment"].get("judge", "unknown"),
             })
+    if cfg.balance_lengths:
+        rows, balance = balance_by_length(rows, rng)
+        dropped_total["length_balance"] += balance.pop("dropped")
     margins = [r["chosen_score"] - r["rejected_score"] for r in rows if r["chosen_score"] == r["chosen_score"]]
     len_ratio = [_words(r["chosen"][0]["content"]) / _words(r["rejected"][0]["content"]) for r in rows]
     summary = {
@@ -159,7 +173,26 @@ def build_pairs(cfg: PairsConfig, prompts: dict[str, dict], candidates: list[dic
         "mean_length_ratio": sum(len_ratio) / len(len_ratio) if len_ratio else None,
         "dropped": dict(dropped_total), "missing_prompts": missing_prompts,
     }
+    if cfg.balance_lengths:
+        summary["length_balance"] = balance
     return rows, summary
+
+
+def _length_sign(row: dict) -> int:
+    """-1: the chosen answer is shorter than the rejected one (words), +1: longer, 0: as long."""
+    chosen, rejected = _words(row["chosen"][0]["content"]), _words(row["rejected"][0]["content"])
+    return (chosen > rejected) - (chosen < rejected)
+
+
+def balance_by_length(rows: list[dict], rng: random.Random) -> tuple[list[dict], dict]:
+    """`rows` with as many shorter-chosen as longer-chosen pairs (the larger group subsampled, order kept),
+    and the counts before balancing."""
+    groups = {sign: [i for i, row in enumerate(rows) if _length_sign(row) == sign] for sign in (-1, 0, 1)}
+    n = min(len(groups[-1]), len(groups[1]))
+    keep = set(groups[0]) | set(rng.sample(groups[-1], n)) | set(rng.sample(groups[1], n))
+    counts = {"chosen_shorter": len(groups[-1]), "chosen_longer": len(groups[1]), "same_length": len(groups[0]),
+              "dropped": len(rows) - len(keep)}
+    return [row for i, row in enumerate(rows) if i in keep], counts
 
 
 def to_dataset(rows: list[dict]):
@@ -212,12 +245,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-num", type=int, default=2)
     parser.add_argument("--no-keep-coverage", action="store_true")
     parser.add_argument("--min-length-ratio", type=float, default=None)
+    parser.add_argument("--balance-lengths", action="store_true",
+                        help="as many pairs with the shorter answer chosen as with the longer one")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = PairsConfig(strategy=args.strategy, min_gap=args.min_gap, sample_num=args.sample_num,
-                      keep_coverage=not args.no_keep_coverage, min_length_ratio=args.min_length_ratio, seed=args.seed)
+                      keep_coverage=not args.no_keep_coverage, min_length_ratio=args.min_length_ratio,
+                      balance_lengths=args.balance_lengths, seed=args.seed)
     out = run(cfg, args.judgments, args.candidates, args.prompts, args.out)
     print(out)
     return 0

@@ -55,6 +55,8 @@ class DemoConfig:
     complete_yes_no: bool = True
     # Judged omission negatives (data_gen/omissions.py): off by default; README, "What the demo shows".
     omission_negatives: bool = False
+    # Length-balanced pair sets (data_gen/pairs.py, balance_lengths): off by default; README, "What the demo shows".
+    balance_lengths: bool = False
     gate: dict = field(default_factory=dict)  # GateRule overrides (recipes/round_gate.py)
     seed: int = 0
 
@@ -75,7 +77,8 @@ class DemoConfig:
             val_n=self.val_scenes, gate=dict(self.gate), sample={"k": self.k, "temperature": self.temperature,
                                                        "complete_yes_no": self.complete_yes_no},
             judge="grounding", judge_options={"vocabulary": "toy", "hallucination_weight": self.hallucination_weight},
-            pairs={"strategy": self.pair_strategy, "min_gap": self.min_gap, "sample_num": self.sample_num},
+            pairs={"strategy": self.pair_strategy, "min_gap": self.min_gap, "sample_num": self.sample_num,
+                   "balance_lengths": self.balance_lengths},
             dpo=dict(self.dpo), seed=self.seed, omission_negatives=self.omission_negatives)
 
 
@@ -181,6 +184,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ablation: yes/no prompts keep only their sampled answers (the yes/no skill then drifts)")
     parser.add_argument("--omission-negatives", action="store_true",
                         help="also judge each clean answer minus its last item, so stopping early is punished too")
+    parser.add_argument("--balance-lengths", action="store_true",
+                        help="as many pairs with the shorter answer chosen as with the longer one, so DPO cannot "
+                             "buy lower hallucination by ending lists early")
+    parser.add_argument("--sample-num", type=int, default=None, help="most pairs per prompt (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the world, the checkpoint (seed 0 is shipped; "
                                                              "others are built once, ~5 min) and the alignment")
     parser.add_argument("--no-progress", action="store_true")
@@ -197,6 +204,11 @@ def main(args: argparse.Namespace) -> int:
         cfg.qa_fraction = args.qa_fraction
     cfg.complete_yes_no = not args.no_complete_yes_no
     cfg.omission_negatives = args.omission_negatives
+    cfg.balance_lengths = args.balance_lengths
+    if args.sample_num is not None:
+        if args.sample_num < 1:
+            raise ValueError("--sample-num must be >= 1")
+        cfg.sample_num = args.sample_num
     ensure_writable_dir(args.out)
     if args.json:
         ensure_writable_dir(Path(args.json).parent)

@@ -30,7 +30,7 @@ from halign.recipes.stages import resolve_self_labeler  # noqa: F401  (part of t
 from halign.rewards.judges.options import parse_option  # noqa: F401  (part of this module's API)
 
 
-PAIRS_FLAGS = ["strategy", "min_gap", "sample_num", "keep_coverage", "min_length_ratio"]  # --seed seeds all
+PAIRS_FLAGS = ["strategy", "min_gap", "sample_num", "keep_coverage", "min_length_ratio", "balance_lengths"]  # --seed seeds all
 
 
 def parse_source(text: str) -> dict:

@@ -90,3 +90,24 @@ def test_run_with_no_pairs_is_a_clear_error(tmp_path):
     (tmp_path / "j.jsonl").write_text(json.dumps({"candidate_id": "p#0", "score": 1.0}) + "\n")
     with pytest.raises(ValueError, match="no preference pairs"):
         run(PairsConfig(), tmp_path / "j.jsonl", tmp_path / "c.jsonl", tmp_path / "prompts.jsonl", tmp_path / "out")
+
+
+def test_balance_lengths_keeps_as_many_shorter_as_longer_chosen_answers():
+    # Three prompts whose hallucinating answer adds an item (chosen shorter), one whose chosen answer names
+    # one more true object (chosen longer), one yes/no pair of equal length.
+    prompts = {f"p{i}": {"id": f"p{i}", "question": "Describe the image.", "images": []} for i in range(5)}
+    texts = [("a star.", "a star and a circle."), ("a square.", "a square and a cross."),
+             ("a red star.", "a red star and a blue star."), ("a star and a circle.", "a star."), ("Yes.", "No.")]
+    candidates, judgments = [], []
+    for i, (good, bad) in enumerate(texts):
+        for j, (text, score) in enumerate(((good, 3.0), (bad, 0.0))):
+            candidates.append({"id": f"p{i}-{j}", "prompt_id": f"p{i}", "text": text})
+            judgments.append({"candidate_id": f"p{i}-{j}", "score": score, "judgment": {}})
+    plain, _ = build_pairs(PairsConfig(), prompts, candidates, judgments)
+    rows, summary = build_pairs(PairsConfig(balance_lengths=True), prompts, candidates, judgments)
+    assert len(plain) == 5 and len(rows) == 3
+    assert summary["length_balance"] == {"chosen_shorter": 3, "chosen_longer": 1, "same_length": 1}
+    assert summary["dropped"]["length_balance"] == 2
+    words = [(len(r["chosen"][0]["content"].split()), len(r["rejected"][0]["content"].split())) for r in rows]
+    assert sum(c < r for c, r in words) == sum(c > r for c, r in words) == 1
+    assert {r["prompt_id"] for r in rows} >= {"p3", "p4"}  # the minority side and equal lengths all stay
