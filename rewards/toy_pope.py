@@ -42,20 +42,24 @@ def _label(answer) -> str:
     return label
 
 
-def score_answers(per_item: list[dict]) -> dict:
-    """Metrics per kind and their mean from records with `kind`, `prediction` and `label`."""
-    kinds = [k for k in KINDS if any(p["kind"] == k for p in per_item)]
+def summarize_by_kind(per_item: list[dict], kind_order, kind_metrics, keys) -> dict:
+    """`kind_metrics(rows)` per kind (kinds in `kind_order` first, any others after, sorted), the mean of each
+    of `keys` over the kinds present, the item count, and flat `{kind}_{key}` copies."""
+    kinds = [k for k in kind_order if any(p["kind"] == k for p in per_item)]
     kinds += sorted({p["kind"] for p in per_item} - set(kinds))
-    per_kind = {}
-    for kind in kinds:
-        rows = [p for p in per_item if p["kind"] == kind]
-        per_kind[kind] = pope_metrics([p["prediction"] for p in rows], [p["label"] for p in rows])
-    metrics = {k: sum(m[k] for m in per_kind.values()) / len(per_kind) if per_kind else 0.0 for k in KEYS}
+    per_kind = {kind: kind_metrics([p for p in per_item if p["kind"] == kind]) for kind in kinds}
+    metrics = {k: sum(m[k] for m in per_kind.values()) / len(per_kind) if per_kind else 0.0 for k in keys}
     metrics["n"] = len(per_item)
     # Flat per-kind keys too: report consumers (compare, plots) read numbers from `metrics` only.
     for kind, m in per_kind.items():
-        metrics.update({f"{kind}_{k}": m[k] for k in KEYS})
+        metrics.update({f"{kind}_{k}": m[k] for k in keys})
     return {"metrics": metrics, "kinds": per_kind}
+
+
+def score_answers(per_item: list[dict]) -> dict:
+    """Metrics per kind and their mean from records with `kind`, `prediction` and `label`."""
+    return summarize_by_kind(per_item, KINDS, lambda rows: pope_metrics([p["prediction"] for p in rows],
+                                                                        [p["label"] for p in rows]), KEYS)
 
 
 class ToyPopeMetric:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from halign.rewards.base import match_references
 from halign.rewards.object_hallucination import ObjectHallucinationMetric
 from halign.rewards.pope import parse_pope_answer
+from halign.rewards.toy_pope import summarize_by_kind
 
 KINDS = ("order", "order_absent", "still_there", "exists")
 
@@ -61,22 +62,14 @@ def question_prompts(records: list[dict]) -> list[dict]:
     return prompts
 
 
+def _accuracy_and_yes_ratio(rows: list[dict]) -> dict:
+    return {"accuracy": sum(p["correct"] for p in rows) / len(rows),
+            "yes_ratio": sum(p["prediction"] == "yes" for p in rows) / len(rows), "n": len(rows)}
+
+
 def score_answers(per_item: list[dict]) -> dict:
     """Accuracy, yes-ratio and count per kind, and their means over the kinds present."""
-    kinds = [k for k in KINDS if any(p["kind"] == k for p in per_item)]
-    kinds += sorted({p["kind"] for p in per_item} - set(kinds))
-    per_kind = {}
-    for kind in kinds:
-        rows = [p for p in per_item if p["kind"] == kind]
-        per_kind[kind] = {"accuracy": sum(p["correct"] for p in rows) / len(rows),
-                          "yes_ratio": sum(p["prediction"] == "yes" for p in rows) / len(rows), "n": len(rows)}
-    metrics = {key: sum(m[key] for m in per_kind.values()) / len(per_kind) if per_kind else 0.0
-               for key in ("accuracy", "yes_ratio")}
-    metrics["n"] = len(per_item)
-    # Flat per-kind keys too: report consumers (compare, plots) read numbers from `metrics` only.
-    for kind, m in per_kind.items():
-        metrics.update({f"{kind}_accuracy": m["accuracy"], f"{kind}_yes_ratio": m["yes_ratio"]})
-    return {"metrics": metrics, "kinds": per_kind}
+    return summarize_by_kind(per_item, KINDS, _accuracy_and_yes_ratio, ("accuracy", "yes_ratio"))
 
 
 class ToyVideoQAMetric:
