@@ -187,7 +187,9 @@ def _length_sign(row: dict) -> int:
 def balance_by_length(rows: list[dict], rng: random.Random) -> tuple[list[dict], dict]:
     """`rows` with as many shorter-chosen as longer-chosen pairs (the larger group subsampled, order kept),
     and the counts before balancing."""
-    groups = {sign: [i for i, row in enumerate(rows) if _length_sign(row) == sign] for sign in (-1, 0, 1)}
+    groups = {-1: [], 0: [], 1: []}
+    for i, row in enumerate(rows):
+        groups[_length_sign(row)].append(i)
     n = min(len(groups[-1]), len(groups[1]))
     keep = set(groups[0]) | set(rng.sample(groups[-1], n)) | set(rng.sample(groups[1], n))
     counts = {"chosen_shorter": len(groups[-1]), "chosen_longer": len(groups[1]), "same_length": len(groups[0]),
