@@ -143,6 +143,9 @@ def build_pairs(cfg: PairsConfig, prompts: dict[str, dict], candidates: list[dic
         if prompt is None:
             missing_prompts.append(prompt_id)
             continue
+        if not prompt.get("question"):  # the pair's prompt turn is the question's text
+            raise ValueError(f"prompt record {prompt_id!r} has no 'question' (the pairs' prompt text); prompt "
+                             f"records from data_gen/sources.py always have one")
         pairs, dropped = select_pairs(cfg, per_prompt[prompt_id], rng)
         for k, v in dropped.items():
             dropped_total[k] += v

@@ -35,7 +35,8 @@ wins; anything else in a record is kept as is:
 
   id        id, image_id, question_id, video_id           (else "<source>-<row index>")
   images    images, image, frames, video                 (a path or a list; `video` may be a folder of frames)
-  question  question, prompt, instruction; or messages; or conversations (ShareGPT "from"/"value" turns:
+  question  question, prompt, instruction; or messages (kept as they are; `question` is then the text of
+            their last user turn, which the pairs stage and the judges read); or conversations (ShareGPT "from"/"value" turns:
             the first human turn is the question, "<image>" markers removed, the first gpt turn is the
             caption when no caption key is present)
   caption   caption, detailed_caption, description
@@ -160,13 +161,33 @@ def normalize_record(row: dict, rid: str, spec: dict, root: Path | None, source:
     alias_keys = set(ID_KEYS + IMAGE_KEYS + QUESTION_KEYS + CAPTION_KEYS) | {"conversations"}
     record = {k: v for k, v in row.items() if k not in alias_keys}
     record.update({"id": rid, "images": images, "caption": caption, "source": row.get("source", source)})
+    if messages and not question:
+        # The pairs stage and the judges read `question`: a record given as chat messages keeps their text.
+        question = _messages_question(messages, rid)
     if spec.get("as") == "video":
         return _native_video(record, messages, question, video_fps)
     if messages:
         record["messages"] = messages
-    else:
-        record["question"] = str(question)
+    record["question"] = str(question)
     return record
+
+
+def _messages_question(messages, rid: str) -> str:
+    """The text of the last user turn of chat messages (string content, or its text parts)."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise SkipRecord("'messages' must be a list of {\"role\", \"content\"} turns")
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            text = content
+        else:
+            text = " ".join(str(p.get("text", "")) for p in content or []
+                            if isinstance(p, dict) and p.get("type") == "text")
+        if text.strip():
+            return text.strip()
+    raise SkipRecord(f"record {rid!r}: its messages have no user turn with text (the question)")
 
 
 def _native_video(record: dict, messages: list | None, question: Any, video_fps: float | None) -> dict:
@@ -178,9 +199,9 @@ def _native_video(record: dict, messages: list | None, question: Any, video_fps:
             raise SkipRecord('native video record: its messages have no {"type": "video"} part')
         record["messages"] = messages
     else:
-        record["question"] = str(question)
         record["messages"] = [{"role": "user", "content": [{"type": "video"},
                                                            {"type": "text", "text": str(question)}]}]
+    record["question"] = str(question)  # the messages' text when they were given: pairs and judges read it
     if video_fps:
         record["video_fps"] = video_fps
     return record

@@ -67,7 +67,8 @@ def test_json_list_with_image_root_and_messages(files):
     path.write_text(json.dumps(rows))
     records, skipped = load_source({"type": "json", "path": str(path), "image_root": str(files / "img"),
                                     "source": "mine"})
-    assert skipped == [] and records[0]["messages"] == rows[0]["messages"] and "question" not in records[0]
+    assert skipped == [] and records[0]["messages"] == rows[0]["messages"]
+    assert records[0]["question"] == "Hi?"  # the messages' text: the pairs stage reads it
     assert records[0]["images"] == [str(files / "img" / "a.png")] and records[0]["source"] == "mine"
 
 

@@ -133,3 +133,34 @@ def test_missing_pyav_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match="pip install av") as err:
         decode_video(tmp_path / "clip.mp4", tmp_path / "out")
     assert str(err.value) == NO_PYAV
+
+
+def test_native_messages_keep_their_question_for_the_pairs(tmp_path):
+    """A row given as chat messages keeps `question` (their text): the pairs stage builds the prompt turn
+    from it, and used to fail with a KeyError."""
+    from halign.data_gen.pairs import PairsConfig, build_pairs
+
+    write_frames(tmp_path / "clip", 2)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What moves?"}]}]
+    rows = [{"id": "v", "video": "clip", "caption": "c", "messages": messages},
+            {"id": "empty", "video": "clip", "caption": "c", "messages": [{"role": "user", "content": [{"type": "video"}]}]}]
+    records, skipped = load_source({"type": "video", "path": str(write_jsonl(tmp_path / "v.jsonl", rows)),
+                                    "as": "video"})
+    (record,) = records
+    assert record["question"] == "What moves?" and record["messages"] == messages
+    assert skipped == [{"id": "empty", "reason": "record 'empty': its messages have no user turn with text "
+                                                 "(the question)"}]
+    candidates = [{"id": "v#0", "prompt_id": "v", "text": "a star"}, {"id": "v#1", "prompt_id": "v", "text": "x"}]
+    judgments = [{"candidate_id": "v#0", "score": 1.0, "judge": "g"}, {"candidate_id": "v#1", "score": -1.0, "judge": "g"}]
+    pairs, _ = build_pairs(PairsConfig(), {"v": record}, candidates, judgments)
+    assert pairs[0]["prompt"] == [{"role": "user", "content": "What moves?"}]
+    assert pairs[0]["video_paths"] == [record["video"]]
+
+
+def test_pairs_name_a_prompt_without_question():
+    from halign.data_gen.pairs import PairsConfig, build_pairs
+
+    candidates = [{"id": "v#0", "prompt_id": "v", "text": "a"}, {"id": "v#1", "prompt_id": "v", "text": "b"}]
+    judgments = [{"candidate_id": "v#0", "score": 1.0}, {"candidate_id": "v#1", "score": -1.0}]
+    with pytest.raises(ValueError, match="prompt record 'v' has no 'question'"):
+        build_pairs(PairsConfig(), {"v": {"id": "v", "video": ["f.png"], "messages": []}}, candidates, judgments)
