@@ -10,9 +10,10 @@ import argparse
 import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from halign.data_gen.fields import add_flags, field
 from halign.data_gen.io import ensure_writable_dir, write_json, write_manifest
 
 # LoRA on the language model's attention and MLP projections (Llama, Qwen, Mistral, Gemma naming;
@@ -33,32 +34,37 @@ DEFAULT_DPO = {
 
 @dataclass
 class TrainConfig:
-    model: str
-    pairs: str
-    output_dir: str
-    dpo: dict = field(default_factory=dict)  # DPOConfig overrides
-    peft: dict | None = field(default_factory=dict)  # LoraConfig overrides; None = full fine-tuning
-    dtype: str = "float32"
-    strict_pairs: bool = False  # True: stop at the first bad pair instead of skipping it
-    freeze: dict = field(default_factory=dict)  # full mode: {"vision_tower": true, "projector": false, ...}
-    # Hallucination tracking during training, e.g. {"every_n_steps": 50, "n": 50} (toy world held-out scenes)
-    # or {"prompts": "eval.jsonl", "vocabulary": "objects.json", "every_n_steps": 100}; None = off.
-    track: dict | None = None
-    # True: FastVisionDPOTrainer (align/fast_dpo.py): trl's loss with precomputed reference log-probs and one
-    # packed row per pair; families it cannot pack fall back to trl's DPOTrainer with a log line.
-    fast: bool = True
-    # Fast path only: pack several whole pairs into each row up to this many tokens (padding-free; each pair
-    # keeps its own positions, a block-diagonal mask keeps pairs apart). Pays off with flex_attention, which
-    # skips the masked blocks; with a dense mask (sdpa, eager) attention grows with the row. None = one pair per row.
-    row_tokens: int | None = None
-    resume: bool = False  # continue from the newest checkpoint under OUTPUT/trainer (dpo.save_strategy=steps)
-    # mDPO's image-conditional + anchor terms (align/mdpo.py): true = the paper's settings, or a mapping of
-    # MdpoConfig fields ({"crop_area": [0, 0.2], "anchor_weight": 1.0, ...}); None/false = plain DPO.
+    # Each field's help lives in its metadata (data_gen/fields.py); `halign train` derives its flags from it.
+    model: str = field(help="policy checkpoint: a folder or hub id (required unless --config)")
+    pairs: str = field(help="pairs dataset folder, the output of `halign pairs` (required unless --config)")
+    output_dir: str = field(help="output folder (required unless --config)", flag="--out")
+    dpo: dict = field(default_factory=dict, help="trl DPOConfig fields over DEFAULT_DPO (dpo.KEY=VALUE)")
+    peft: dict | None = field(default_factory=dict, help="peft LoraConfig fields over DEFAULT_LORA (peft.KEY=VALUE); "
+                                                         "None = full fine-tuning (--full)")
+    dtype: str = field("float32", help="weights dtype: float32, bfloat16, float16")
+    strict_pairs: bool = field(False, help="stop at the first bad pair instead of skipping it")
+    freeze: dict = field(default_factory=dict, help='full mode: which parts stay frozen, e.g. {"vision_tower": '
+                                                    'true, "projector": false}')
+    # e.g. {"every_n_steps": 50, "n": 50} (toy world held-out scenes) or
+    # {"prompts": "eval.jsonl", "vocabulary": "objects.json", "every_n_steps": 100}.
+    track: dict | None = field(None, help="hallucination tracking during training (--track-every N); None = off")
+    # FastVisionDPOTrainer (align/fast_dpo.py): trl's loss with precomputed reference log-probs and one packed
+    # row per pair; families it cannot pack fall back to trl's DPOTrainer with a log line.
+    fast: bool = field(True, help="the fast vision path (align/fast_dpo.py); off: plain trl.DPOTrainer "
+                                  "(recipe key train.fast: false)")
+    # Padding-free: each pair keeps its own positions, a block-diagonal mask keeps pairs apart. Pays off with
+    # flex_attention, which skips the masked blocks; with a dense mask (sdpa, eager) attention grows with the row.
+    row_tokens: int | None = field(None, help="fast path: pack several pairs per row, up to this many tokens "
+                                              "(recipe key train.row_tokens); None = one pair per row")
+    resume: bool = field(False, help="continue from the newest checkpoint in OUT/trainer (save with "
+                                     "dpo.save_strategy=steps)")
     # Runs on the fast trainer only (it needs the packed rows and precomputed reference log-probs).
-    mdpo: dict | bool | None = None
-    # QLoRA (align/qlora.py): true = 4-bit NF4 + double quantization + bf16 compute, or BitsAndBytesConfig
-    # fields. LoRA only; needs bitsandbytes and a CUDA GPU (checked before any model loads).
-    quantization: dict | bool | None = None
+    mdpo: dict | bool | None = field(None, help="mDPO's image-conditional and anchor terms (align/mdpo.py): true = "
+                                                "the paper's settings, or MdpoConfig fields; None/false = plain DPO")
+    # Checked before any model loads.
+    quantization: dict | bool | None = field(None, help="QLoRA (align/qlora.py): true = 4-bit NF4 + double "
+                                                        "quantization + bf16 compute, or BitsAndBytesConfig fields; "
+                                                        "LoRA only, needs bitsandbytes and a CUDA GPU")
 
     def dpo_args(self) -> dict:
         return {**DEFAULT_DPO, **self.dpo}
@@ -273,33 +279,31 @@ def parse_value(text: str):
     return parse(text)
 
 
+# TrainConfig fields that are flags as they are (types, defaults, help: the fields'). The mapping fields get
+# shortcut flags below (--full, --qlora, --mdpo, --track-every, and dpo./peft./mdpo.KEY=VALUE).
+FLAG_FIELDS = ["model", "pairs", "output_dir", "resume", "fast", "row_tokens"]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="policy checkpoint (required unless --config)")
-    parser.add_argument("--pairs", help="pairs dataset folder (output of `halign pairs`; required unless --config)")
-    parser.add_argument("--out", help="output folder (required unless --config)")
+    add_flags(parser, TrainConfig, FLAG_FIELDS, defaults={"model": None, "pairs": None, "output_dir": None})
     parser.add_argument("--config", default=None,
                         help="a TrainConfig as JSON (what a recipe's train stage launches); replaces the other options")
     parser.add_argument("--full", action="store_true", help="full-parameter training (peft: null)")
     parser.add_argument("--accelerate-config", default=None,
                         help="single | ddp | zero2 | zero3 (shipped configs) or an accelerate config file")
     parser.add_argument("--num-processes", type=int, default=1, help="processes (GPUs) to launch")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint in OUT/trainer (save with dpo.save_strategy=steps)")
     parser.add_argument("--track-every", type=int, default=None,
                         help="every N steps, generate on held-out toy scenes and log CHAIR / recall")
     parser.add_argument("--qlora", action="store_true",
                         help="QLoRA: LoRA on a 4-bit NF4 base (needs bitsandbytes and a CUDA GPU)")
-    parser.add_argument("--no-fast", action="store_true",
-                        help="plain trl.DPOTrainer instead of the fast vision path (recipe key train.fast: false)")
-    parser.add_argument("--row-tokens", type=int, default=None,
-                        help="fast path: pack several pairs per row, up to this many tokens (recipe key train.row_tokens)")
     parser.add_argument("--mdpo", action="store_true",
                         help="add mDPO's image-conditional and anchor terms (settings: mdpo.KEY=VALUE)")
     parser.add_argument("overrides", nargs="*", help="dpo.KEY=VALUE, peft.KEY=VALUE or mdpo.KEY=VALUE")
 
 
 def main(args: argparse.Namespace) -> int:
-    missing = [f"--{name}" for name in ("model", "pairs", "out") if not getattr(args, name)]
+    missing = [flag for name, flag in (("model", "--model"), ("pairs", "--pairs"), ("output_dir", "--out"))
+               if not getattr(args, name)]
     if missing and not args.config:
         raise ValueError(f"{', '.join(missing)} required (or --config FILE)")
     if args.accelerate_config not in (None, "single") or args.num_processes > 1:
@@ -307,7 +311,7 @@ def main(args: argparse.Namespace) -> int:
 
         from halign.align.launch import launch_command
 
-        train_argv = ["--model", args.model, "--pairs", args.pairs, "--out", args.out, *args.overrides]
+        train_argv = ["--model", args.model, "--pairs", args.pairs, "--out", args.output_dir, *args.overrides]
         if args.config:  # a recipe's train stage (recipes/stages.py): its TrainConfig as JSON
             train_argv = ["--config", args.config]
         if args.full:
@@ -320,7 +324,7 @@ def main(args: argparse.Namespace) -> int:
             train_argv.append("--mdpo")
         if args.qlora:
             train_argv.append("--qlora")
-        if args.no_fast:
+        if not args.fast:
             train_argv.append("--no-fast")
         if args.row_tokens:
             train_argv += ["--row-tokens", str(args.row_tokens)]
@@ -350,8 +354,8 @@ def main(args: argparse.Namespace) -> int:
     if mdpo and not args.mdpo:
         raise ValueError("mdpo.* settings given without --mdpo")
     track = {"every_n_steps": args.track_every} if args.track_every else None
-    print(train(TrainConfig(model=args.model, pairs=args.pairs, output_dir=args.out, dpo=dpo, peft=peft,
+    print(train(TrainConfig(model=args.model, pairs=args.pairs, output_dir=args.output_dir, dpo=dpo, peft=peft,
                             track=track, resume=args.resume, mdpo=(mdpo or True) if args.mdpo else None,
-                            quantization=True if args.qlora else None, fast=not args.no_fast,
+                            quantization=True if args.qlora else None, fast=args.fast,
                             row_tokens=args.row_tokens)))
     return 0

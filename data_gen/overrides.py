@@ -1,6 +1,7 @@
 """`key=value` settings from a command line, read one way everywhere: `halign run` overrides
-(`section.key=value`), `halign train` (`dpo.KEY=VALUE`, `peft.KEY=VALUE`, `mdpo.KEY=VALUE`) and
-`halign rlaif --gate KEY=VALUE`. Values are YAML (`1e-4`, `true`, `null`, `[sigmoid,sft]`, `{type: jsonl}`).
+(`section.key=value`), `halign train` (`dpo.KEY=VALUE`, `peft.KEY=VALUE`, `mdpo.KEY=VALUE`),
+`halign rlaif --gate KEY=VALUE` and `--judge-option KEY=VALUE` (`halign judge`, `halign gen-pairs`).
+Values are YAML (`1e-4`, `true`, `null`, `[sigmoid,sft]`, `{type: jsonl}`); a JSON value reads the same.
 """
 
 from __future__ import annotations
@@ -23,11 +24,19 @@ def parse_override(item: str, what: str = "override") -> tuple[list[str], object
     """`a.b.c=value` -> (["a", "b", "c"], value); errors name the item."""
     key, sep, text = item.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ValueError(f"{what} {item!r} must look like section.key=value")
+        raise ValueError(f"{what} {item!r} must look like key=value (section.key=value for a nested key)")
     try:
         return key.split("."), parse_value(text)
     except yaml.YAMLError as err:
         raise ValueError(f"{what} {item!r}: the value is not valid YAML ({err})") from None
+
+
+def parse_option(item: str, what: str = "--judge-option") -> tuple[str, object]:
+    """`key=value` with a flat key, a constructor keyword (`-` reads as `_`, as in flags): (key, value)."""
+    parts, value = parse_override(item, what)
+    if len(parts) != 1:
+        raise ValueError(f"{what} {item!r} must look like key=value with a plain key, got {'.'.join(parts)!r}")
+    return parts[0].replace("-", "_"), value
 
 
 def apply_overrides(raw: dict, overrides: list[str], what: str = "override") -> dict:

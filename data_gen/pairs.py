@@ -35,9 +35,10 @@ import itertools
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from halign.data_gen.fields import add_flags, field
 from halign.data_gen.io import ensure_writable_dir, read_records, write_json, write_manifest
 
 STRATEGIES = ("best_vs_worst", "gap", "corrected")
@@ -46,16 +47,16 @@ STRATEGIES = ("best_vs_worst", "gap", "corrected")
 @dataclass
 class PairsConfig:
     # Each field's help lives in its metadata: `halign pairs`, `halign gen-pairs` and recipe errors read it.
-    strategy: str = field(default="gap", metadata={"help": f"how pairs are formed: {', '.join(STRATEGIES)}"})
-    min_gap: float = field(default=1.0, metadata={"help": "smallest judge-score gap between chosen and rejected"})
-    sample_num: int = field(default=2, metadata={"help": "most pairs per prompt"})
-    keep_coverage: bool = field(default=True, metadata={
-        "help": "drop a pair whose chosen answer covers fewer true objects than the rejected one"})
-    min_length_ratio: float | None = field(default=None, metadata={
-        "help": "drop a pair whose chosen answer is shorter than this fraction of the rejected one (words)"})
-    balance_lengths: bool = field(default=False, metadata={
-        "help": "subsample the pair set so that as many pairs have the shorter answer chosen as the longer one"})
-    seed: int = field(default=0, metadata={"help": "seeds which pairs a prompt keeps"})
+    strategy: str = field("gap", help=f"how pairs are formed: {', '.join(STRATEGIES)}", choices=STRATEGIES)
+    min_gap: float = field(1.0, help="smallest judge-score gap between chosen and rejected")
+    sample_num: int = field(2, help="most pairs per prompt")
+    keep_coverage: bool = field(True, help="drop a pair whose chosen answer covers fewer true objects than the "
+                                           "rejected one")
+    min_length_ratio: float | None = field(None, help="drop a pair whose chosen answer is shorter than this "
+                                                      "fraction of the rejected one (words)")
+    balance_lengths: bool = field(False, help="subsample the pair set so that as many pairs have the shorter "
+                                              "answer chosen as the longer one")
+    seed: int = field(0, help="seeds which pairs a prompt keeps")
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -241,24 +242,15 @@ def run(cfg: PairsConfig, judgments_path: str | Path, candidates_path: str | Pat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--judgments", required=True)
-    parser.add_argument("--candidates", required=True)
-    parser.add_argument("--prompts", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--strategy", choices=STRATEGIES, default="gap")
-    parser.add_argument("--min-gap", type=float, default=1.0)
-    parser.add_argument("--sample-num", type=int, default=2)
-    parser.add_argument("--no-keep-coverage", action="store_true")
-    parser.add_argument("--min-length-ratio", type=float, default=None)
-    parser.add_argument("--balance-lengths", action="store_true",
-                        help="as many pairs with the shorter answer chosen as with the longer one")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--judgments", required=True, help="judgments.jsonl (output of halign judge)")
+    parser.add_argument("--candidates", required=True, help="candidates.jsonl (output of halign sample)")
+    parser.add_argument("--prompts", required=True, help="the prompt records the candidates answer")
+    parser.add_argument("--out", required=True, help="output folder: dataset/, summary.json, manifest.json")
+    add_flags(parser, PairsConfig, [f.name for f in fields(PairsConfig)])  # types, defaults, help: the fields'
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = PairsConfig(strategy=args.strategy, min_gap=args.min_gap, sample_num=args.sample_num,
-                      keep_coverage=not args.no_keep_coverage, min_length_ratio=args.min_length_ratio,
-                      balance_lengths=args.balance_lengths, seed=args.seed)
+    cfg = PairsConfig(**{f.name: getattr(args, f.name) for f in fields(PairsConfig)})
     out = run(cfg, args.judgments, args.candidates, args.prompts, args.out)
     print(out)
     return 0

@@ -22,30 +22,33 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
+from halign.data_gen.fields import add_flags, field
 from halign.data_gen.io import ensure_writable_dir, read_records, write_jsonl, write_manifest
 from halign.data_gen.messages import load_images, load_video, user_messages
 
 
 @dataclass
 class SampleConfig:
-    model: str
-    k: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    batch_size: int = 32  # prompts per generate call (each expands to k sequences)
-    seed: int = 0
-    dedupe: bool = True
-    shard: str = "0/1"
-    dtype: str = "float32"
-    device: str | None = None
-    backend: str = "hf"  # "hf" (batched transformers generate) or "vllm" (needs the vllm extra)
-    complete_yes_no: bool = False  # add the unsampled answer to yes/no prompts (module docstring)
+    # Each field's help lives in its metadata: `halign sample`, `halign gen-pairs` and recipe errors read it.
+    model: str = field(help="checkpoint folder or hub id (loaded with the Auto classes)")
+    k: int = field(8, help="candidate answers per prompt")
+    temperature: float = field(1.0, help="sampling temperature; 0 = greedy (then k must be 1)")
+    top_p: float = field(1.0, help="nucleus sampling: keep the smallest token set with this much probability")
+    max_new_tokens: int = field(64, help="longest answer, in tokens")
+    batch_size: int = field(32, help="prompts per generate call (each expands to k sequences)")
+    seed: int = field(0, help="seeds the sampling")
+    dedupe: bool = field(True, help="drop identical candidates of a prompt")
+    shard: str = field("0/1", help="i/n: take every n-th prompt from the i-th, for n processes sharing the work")
+    dtype: str = field("float32", help="weights dtype: float32, bfloat16, float16")
+    device: str | None = field(None, help="torch device (default: cuda when available, else cpu)")
+    backend: str = field("hf", help="hf (batched transformers generate) or vllm (needs the vllm extra)")
+    complete_yes_no: bool = field(False, help="add the unsampled answer to prompts whose samples are all the "
+                                              "same bare yes/no answer (module docstring)")
 
     def __post_init__(self):
         if self.k < 1:
@@ -218,23 +221,12 @@ def run(cfg: SampleConfig, prompts_path: str | Path, out_dir: str | Path, model=
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint folder or hub id (loaded with the Auto classes)")
+    add_flags(parser, SampleConfig, [f.name for f in fields(SampleConfig)])  # types, defaults, help: the fields'
     parser.add_argument("--prompts", required=True, help="prompt records (JSONL or JSON list)")
     parser.add_argument("--out", required=True, help="output folder")
-    for name in ("k", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "shard", "dtype", "device",
-                 "backend"):
-        default = SampleConfig.__dataclass_fields__[name].default
-        parser.add_argument("--" + name.replace("_", "-"), type=type(default) if default is not None else str,
-                            default=default)
-    parser.add_argument("--no-dedupe", action="store_true", help="keep identical candidates of a prompt")
-    parser.add_argument("--complete-yes-no", action="store_true",
-                        help="add the unsampled answer to prompts whose samples are all the same bare yes/no answer")
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = SampleConfig(model=args.model, k=args.k, temperature=args.temperature, top_p=args.top_p,
-                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-                       dedupe=not args.no_dedupe, shard=args.shard, dtype=args.dtype, device=args.device,
-                       backend=args.backend, complete_yes_no=args.complete_yes_no)
+    cfg = SampleConfig(**{f.name: getattr(args, f.name) for f in fields(SampleConfig)})
     print(run(cfg, args.prompts, args.out))
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from halign.recipes.fields import from_mapping
+from halign.data_gen.fields import from_mapping
 
 SECTIONS = ("model", "seed", "rounds", "toy_checkpoint", "source", "sample", "judge", "omission_negatives", "pairs",
             "train", "eval", "gate")

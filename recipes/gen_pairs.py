@@ -24,13 +24,15 @@ from pathlib import Path
 
 from halign.data_gen import pairs as pairs_stage
 from halign.data_gen import sample as sample_stage
+from halign.data_gen.fields import add_flags
 from halign.data_gen.io import read_records, write_manifest
-from halign.recipes.fields import add_flags
+from halign.data_gen.overrides import parse_option
 from halign.recipes.stages import resolve_self_labeler  # noqa: F401  (part of this module's API)
-from halign.rewards.judges.options import parse_option  # noqa: F401  (part of this module's API)
 
 
-PAIRS_FLAGS = ["strategy", "min_gap", "sample_num", "keep_coverage", "min_length_ratio", "balance_lengths"]  # --seed seeds all
+# Flags derived from the stage configs (data_gen/fields.py add_flags); --seed seeds sampling and pairing both.
+SAMPLE_FLAGS = ["k", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "dtype", "device", "dedupe"]
+PAIRS_FLAGS = ["strategy", "min_gap", "sample_num", "keep_coverage", "min_length_ratio", "balance_lengths"]
 
 
 def parse_source(text: str) -> dict:
@@ -107,16 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--source", help='a source spec: JSON such as \'{"type": "toy", "n": 200}\' or TYPE:PATH '
                                         "(jsonl, json, hf, video); see halign.data_gen.sources")
     parser.add_argument("--out", required=True, help="run folder: source/, sample/, judge/, pairs/ go inside")
-    sampling = parser.add_argument_group("sampling (as halign sample)")
-    for name in ("k", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "dtype", "device"):
-        default = sample_stage.SampleConfig.__dataclass_fields__[name].default
-        sampling.add_argument("--" + name.replace("_", "-"), type=type(default) if default is not None else str,
-                              default=default)
-    sampling.add_argument("--no-dedupe", action="store_true", help="keep identical candidates of a prompt")
+    sampling = parser.add_argument_group("sampling (as halign sample; types, defaults and help from SampleConfig)")
+    add_flags(sampling, sample_stage.SampleConfig, SAMPLE_FLAGS)
     judging = parser.add_argument_group("judging (as halign judge)")
     judging.add_argument("--judge", default="grounding", help="built-in judge name or dotted path")
     judging.add_argument("--judge-option", action="append", default=[], metavar="KEY=VALUE",
-                         help="a judge constructor option, repeatable; VALUE is read as JSON when it parses "
+                         help="a judge constructor option, repeatable; VALUE is YAML, as every override "
                               "(e.g. vocabulary=toy, splitter=objects, labeler=self, judges='[\"grounding\", ...]')")
     pairing = parser.add_argument_group("pairs (as halign pairs; types, defaults and help from PairsConfig)")
     add_flags(pairing, pairs_stage.PairsConfig, PAIRS_FLAGS)
@@ -124,10 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    sample_cfg = sample_stage.SampleConfig(
-        model=args.model, k=args.k, temperature=args.temperature, top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, dedupe=not args.no_dedupe,
-        dtype=args.dtype, device=args.device)
+    sample_cfg = sample_stage.SampleConfig(model=args.model, **{name: getattr(args, name) for name in SAMPLE_FLAGS})
     pairs_cfg = pairs_stage.PairsConfig(**{name: getattr(args, name) for name in PAIRS_FLAGS}, seed=args.seed)
     options = dict(parse_option(o) for o in args.judge_option)
     dataset = run(sample_cfg, args.out, prompts=args.prompts, source=parse_source(args.source) if args.source else None,

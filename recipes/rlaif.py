@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from halign.data_gen.fields import add_flags, field
 from halign.data_gen.toy_world import TOY_QA_FRACTION
-from halign.recipes.fields import field
 from halign.recipes.round_gate import CAPTION_KEYS, GateRule, format_history
 
 
@@ -151,8 +151,6 @@ def run_rlaif(cfg: RlaifConfig, progress: bool = True, log=print) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from halign.recipes.fields import add_flags
-
     add_flags(parser, RlaifConfig, FLAG_FIELDS, defaults={"model": "toy"})  # types, defaults, help: the fields'
     parser.add_argument("--gate", action="append", default=[], metavar="KEY=VALUE",
                         help="gate rule: metric=chair_i|chair_s, recall_tolerance=0.03, pope_tolerance=0.01")

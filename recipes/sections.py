@@ -1,4 +1,4 @@
-"""The engine's own recipe sections as typed dataclasses, each field with its help (recipes/fields.py).
+"""The engine's own recipe sections as typed dataclasses, each field with its help (data_gen/fields.py).
 
 `recipes/config.py` checks a recipe's top level, its sources, its train and eval sections against these
 before any model loads (unknown keys, types, impossible values, each error naming the key). The other
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from halign.recipes.fields import field
+from halign.data_gen.fields import field
 
 
 @dataclass

@@ -136,3 +136,15 @@ def test_no_import_cycles_even_through_imports_inside_functions():
     edges = {m: {t for t, _, _ in targets if t in MODULES and t != m} for m, targets in graph.items()}
     cycle = find_cycle(edges)
     assert cycle is None, "import cycle (counting imports inside functions): " + " -> ".join(cycle)
+
+
+# Every layer's configs, flags and overrides are read through these (SampleConfig and PairsConfig in data_gen/,
+# TrainConfig in align/, the recipe sections in recipes/), so they sit below every other halign module.
+CONFIG_HELPERS = ("halign.data_gen.fields", "halign.data_gen.overrides")
+
+
+def test_config_helpers_import_no_halign_module():
+    graph = import_graph(top_level_only=False)
+    assert set(CONFIG_HELPERS) <= set(graph)
+    upward = [f"{m}:{line} imports {t}" for m in CONFIG_HELPERS for t, _, line in graph[m]]
+    assert not upward, "the config helpers must stay at the bottom layer: " + "; ".join(upward)

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 from halign.data_gen.io import ensure_writable_dir, file_sha256, read_records, stable_hash, write_manifest
+from halign.data_gen.overrides import parse_option
 from halign.rewards.judges import progress as progress_module
 from halign.rewards.judges.caption import failed_judgment
 from halign.rewards.judges.disk_cache import FILE_MODE, default_cache_dir
 from halign.rewards.judges.endpoint import FatalJudgeError, StopRun
 from halign.rewards.judges.judgment_log import (JudgmentLog, answer_problem, duplicates, is_judged,
                                                 remove_stale_temp_files)
-from halign.rewards.judges.options import parse_option
 from halign.rewards.judges.registry import JUDGES, accepted_options, build_judge, judge_class
 
 MAX_FAILED = 0.05  # default --max-failed: more than 5% failed candidates is a failed run (exit status 1)
@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     offline.add_argument("--vocabulary", help="'toy' (the toy world's objects) or a JSON file {category: [words]}")
     offline.add_argument("--hallucination-weight", type=float, help="score = covered - weight * hallucinated")
     parser.add_argument("--judge-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other judge option, value read as JSON when it parses "
+                        help="any other judge option; VALUE is YAML, as every override "
                              "(e.g. splitter=objects, verifier=image, labeler=CKPT, judges='[...]')")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
     parser.add_argument("--progress-every", type=float, help="seconds between plain progress lines when stderr "

@@ -4,6 +4,9 @@ and the two things derived from them, so that a key is described once:
   - `from_mapping(where, cls, values)`: a recipe section checked against the dataclass before any model
     loads (unknown keys, value types, the class's own `__post_init__` checks), every error naming the key;
   - `add_flags(parser, cls, names)`: command-line flags, with the field's type, default and help.
+
+It lives in data_gen/, the lowest layer, and imports no other halign module, because every layer's configs
+use it: `SampleConfig` and `PairsConfig` here, `TrainConfig` in align/, the recipe sections in recipes/.
 """
 
 from __future__ import annotations
@@ -79,11 +82,15 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, na
               defaults: dict | None = None) -> None:
     """--flag-name for each field named: its type and default from the dataclass (or `defaults`), its help
     from the field's metadata. A bool field that defaults to true gets `--no-<name>`, one that defaults to
-    false `--<name>`; a field's metadata may name its flag (`flag`)."""
+    false `--<name>`; a field's metadata may name its flag (`flag`) and its allowed values (`choices`).
+    A field without a default is a required flag, unless `defaults` gives it one (e.g. None, when another
+    flag can stand in for it)."""
     hints = typing.get_type_hints(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
     for name in names:
         f = by_name[name]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
+            and name not in (defaults or {})
         default = (defaults or {}).get(name, f.default if f.default is not dataclasses.MISSING else None)
         allowed = [t for t in _allowed(hints[name]) if t is not type(None)]
         flag = f.metadata.get("flag") or "--" + name.replace("_", "-")
@@ -94,4 +101,7 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, na
                                 help=f"turn off (on by default): {text}" if default else text)
             continue
         kind = allowed[0] if len(allowed) == 1 and allowed[0] in (int, float, str) else str
-        parser.add_argument(flag, dest=name, type=kind, default=default, help=f.metadata.get("help"))
+        # A flag named apart from its field (--out for output_dir) shows its own name as the value's.
+        metavar = flag[2:].replace("-", "_").upper() if f.metadata.get("flag") else None
+        parser.add_argument(flag, dest=name, type=kind, default=default, required=required, metavar=metavar,
+                            choices=f.metadata.get("choices"), help=f.metadata.get("help"))
