@@ -50,12 +50,10 @@ class PairsConfig:
     strategy: str = field("gap", help=f"how pairs are formed: {', '.join(STRATEGIES)}", choices=STRATEGIES)
     min_gap: float = field(1.0, help="smallest judge-score gap between chosen and rejected")
     sample_num: int = field(2, help="most pairs per prompt")
-    keep_coverage: bool = field(True, help="drop a pair whose chosen answer covers fewer true objects than the "
-                                           "rejected one")
-    min_length_ratio: float | None = field(None, help="drop a pair whose chosen answer is shorter than this "
-                                                      "fraction of the rejected one (words)")
-    balance_lengths: bool = field(False, help="subsample the pair set so that as many pairs have the shorter "
-                                              "answer chosen as the longer one")
+    keep_coverage: bool = field(True, help="drop pairs whose chosen answer has fewer true objects than the rejected")
+    min_length_ratio: float | None = field(None, help="drop a pair whose chosen answer has fewer words than this "
+                                                      "fraction of the rejected one's")
+    balance_lengths: bool = field(False, help="as many pairs with the shorter answer chosen as with the longer one")
     seed: int = field(0, help="seeds which pairs a prompt keeps")
 
     def __post_init__(self):
