@@ -36,9 +36,9 @@ wins; anything else in a record is kept as is:
   id        id, image_id, question_id, video_id           (else "<source>-<row index>")
   images    images, image, frames, video                 (a path or a list; `video` may be a folder of frames)
   question  question, prompt, instruction; or messages (kept as they are; `question` is then the text of
-            their last user turn, which the pairs stage and the judges read); or conversations (ShareGPT "from"/"value" turns:
-            the first human turn is the question, "<image>" markers removed, the first gpt turn is the
-            caption when no caption key is present)
+            their last user turn, which the pairs stage and the judges read); or conversations (ShareGPT
+            "from"/"value" turns: the first human turn is the question, "<image>" markers removed, the first
+            gpt turn is the caption when no caption key is present)
   caption   caption, detailed_caption, description
   objects   objects
 
@@ -65,6 +65,16 @@ QUESTION_KEYS = ("question", "prompt", "instruction")
 CAPTION_KEYS = ("caption", "detailed_caption", "description")
 SOURCE_TYPES = ("toy", "toy_video", "jsonl", "json", "hf", "coco", "video")
 VIDEO_MODES = ("images", "video")
+# The keys each source type reads (a misspelt key would otherwise be ignored without a word).
+_RECORD_KEYS = ("type", "path", "image_root", "source", "question", "require_caption", "check", "as", "fps",
+                "max_frames", "video_fps", "frame_dir")
+SPEC_KEYS = {
+    "toy": ("type", "out", "n", "split", "seed", "start"),
+    "toy_video": ("type", "out", "n", "split", "seed", "start", "as"),
+    "jsonl": _RECORD_KEYS, "json": _RECORD_KEYS, "video": _RECORD_KEYS,
+    "hf": _RECORD_KEYS + ("split", "image_dir"),
+    "coco": ("type", "images", "captions", "instances", "limit", "question", "source", "check"),
+}
 
 
 class SkipRecord(ValueError):
@@ -76,6 +86,11 @@ def load_source(spec: dict) -> tuple[list[dict], list[dict]]:
     if not isinstance(spec, dict) or "type" not in spec:
         raise ValueError(f"a source spec is a dict with a 'type' ({', '.join(SOURCE_TYPES)}), got {spec!r}")
     kind = spec["type"]
+    if kind not in SPEC_KEYS:
+        raise ValueError(f"unknown source type {kind!r}; known: {', '.join(SOURCE_TYPES)}")
+    unknown = sorted(set(spec) - set(SPEC_KEYS[kind]))
+    if unknown:
+        raise ValueError(f"{kind} source: unknown key(s) {unknown}; it takes {sorted(SPEC_KEYS[kind])}")
     if kind == "toy":
         return _toy(spec), []
     if kind == "toy_video":
@@ -104,10 +119,6 @@ def _required(spec: dict, key: str) -> Any:
 def _toy(spec: dict) -> list[dict]:
     from halign.data_gen import toy_world
 
-    known = {"type", "out", "n", "split", "seed", "start"}
-    unknown = sorted(set(spec) - known)
-    if unknown:
-        raise ValueError(f"toy source: unknown key(s) {unknown}; it takes {sorted(known)}")
     world = toy_world.ToyWorldConfig(seed=int(spec.get("seed", 0)))
     return toy_world.write_prompts(world, spec.get("split", "dpo"), int(spec.get("n", 100)),
                                    _required(spec, "out"), start=int(spec.get("start", 0)))
@@ -116,10 +127,8 @@ def _toy(spec: dict) -> list[dict]:
 def _toy_video(spec: dict) -> list[dict]:
     from halign.data_gen import toy_video, toy_world
 
-    known = {"type", "out", "n", "split", "seed", "start", "as"}
-    unknown = sorted(set(spec) - known)
-    if unknown:
-        raise ValueError(f"toy_video source: unknown key(s) {unknown}; it takes {sorted(known)}")
+    if spec.get("as", "images") not in VIDEO_MODES:
+        raise ValueError(f"toy_video source: 'as' is one of {VIDEO_MODES}, got {spec.get('as')!r}")
     cfg = toy_video.ToyVideoConfig(world=toy_world.ToyWorldConfig(seed=int(spec.get("seed", 0))))
     return toy_video.write_clips(cfg, spec.get("split", "dpo"), int(spec.get("n", 100)), _required(spec, "out"),
                                  start=int(spec.get("start", 0)), as_video=spec.get("as") == "video")

@@ -79,9 +79,13 @@ def _eval_records(ctx) -> list[dict]:
 
 
 def _reports(folder: Path, side: str) -> tuple[dict, dict | None]:
-    pope = folder / f"pope_{side}.json"
+    """(caption report, yes/no report or None): POPE's for toy scenes, the clip questions' for toy clips."""
+    from halign.recipes.scoring import YES_NO_NAMES
+
+    found = [folder / f"{name}_{side}.json" for name in YES_NO_NAMES.values()
+             if (folder / f"{name}_{side}.json").exists()]
     return (json.loads((folder / f"report_{side}.json").read_text()),
-            json.loads(pope.read_text()) if pope.exists() else None)
+            json.loads(found[0].read_text()) if found else None)
 
 
 def finish(ctx, base: str) -> dict:

@@ -21,8 +21,8 @@ SECTIONS = ("model", "seed", "rounds", "toy_checkpoint", "source", "sample", "ju
             "train", "eval", "gate")
 # Sources the engine draws itself (typed in recipes/sections.py); a spec of data_gen/sources.py
 # (LOADED_SOURCES) is read by load_source, which checks its own keys, and is the same pool every round.
-ENGINE_SOURCES = ("jsonl", "toy_world")
-LOADED_SOURCES = ("toy", "toy_video", "json", "hf", "coco", "video")
+ENGINE_SOURCES = ("jsonl", "toy_world", "toy_video")
+LOADED_SOURCES = ("toy", "json", "hf", "coco", "video")
 # Built-in judges that recipes may already name; until they are registered they fail at execution only.
 PLANNED_JUDGES = {"claims": "claim-level verifier judge"}
 
@@ -79,8 +79,13 @@ def _check_source(where: str, src: dict | None) -> dict:
     if src["type"] not in types:
         raise ValueError(f"{where}.type must be one of {types}, got {src['type']!r}")
     if src["type"] in LOADED_SOURCES:
-        return src
-    from halign.recipes.sections import JsonlSource, ToyWorldSource
+        return _check_loaded(where, src)
+    from halign.recipes.sections import JsonlSource, ToyVideoSource, ToyWorldSource
+
+    if src["type"] == "toy_video":  # clips per round: round r draws the r-th slice of n
+        _check_as(where, src)
+        from_mapping(where, ToyVideoSource, {k: v for k, v in src.items() if k != "as"})
+        return {"type": "toy_video", "split": "dpo", "n": 100, "start": 0, "as": "images", **src}
 
     if src["type"] == "jsonl":  # n: records per round (round r reads slice r); absent: the whole file
         from_mapping(where, JsonlSource, src)
@@ -94,6 +99,31 @@ def _check_source(where: str, src: dict | None) -> dict:
     src = {"type": "toy_world", "split": "dpo", "n": 600, "start": 0, "exclude_seen": False, "world": {},
            "qa_fraction": 0.0, **src}
     _unknown(f"{where}.world", src["world"] or {}, [f.name for f in dataclasses.fields(ToyWorldConfig)])
+    return src
+
+
+def _check_as(where: str, src: dict) -> None:
+    """`as` (a Python keyword, so no dataclass field): how a clip is fed, frames as images or native video."""
+    from halign.data_gen.sources import VIDEO_MODES
+
+    mode = src.get("as", "images")
+    if mode not in VIDEO_MODES or (mode == "video" and "video" not in src["type"]):
+        raise ValueError(f"{where}.as must be one of {list(VIDEO_MODES)} ('video' only for the video and toy_video "
+                         f"sources), got {mode!r}")
+
+
+def _check_loaded(where: str, src: dict) -> dict:
+    """A data_gen/sources.py spec: its keys (each type's, SPEC_KEYS), `as`, and the frame sampling keys'
+    types and values, so a misspelt or impossible key fails before any model loads, naming it."""
+    from halign.data_gen.sources import SPEC_KEYS
+
+    from halign.recipes.sections import VideoSampling
+
+    _unknown(where, src, SPEC_KEYS[src["type"]])
+    if "as" in SPEC_KEYS[src["type"]]:
+        _check_as(where, src)
+    sampling = [f.name for f in dataclasses.fields(VideoSampling)]
+    from_mapping(where, VideoSampling, {k: v for k, v in src.items() if k in sampling})
     return src
 
 
@@ -118,8 +148,10 @@ def resolve(raw: dict) -> dict:
     seed, rounds = top.seed, top.rounds
     cfg = {"model": top.model, "seed": seed, "rounds": rounds}
     cfg["toy_checkpoint"] = _section(raw, "toy_checkpoint", {})
+    if cfg["model"] == "toy_video":  # the video checkpoint's settings (its clips and seed: the recipe's)
+        from halign.data_gen.toy_video_checkpoint import ToyVideoCheckpointConfig as ToyCheckpointConfig
     _unknown("toy_checkpoint", cfg["toy_checkpoint"], [f.name for f in dataclasses.fields(ToyCheckpointConfig)
-                                                       if f.name not in ("world", "seed")])
+                                                       if f.name not in ("world", "video", "seed")])
     cfg["source"] = _check_source("source", _section(raw, "source"))
 
     sample = {"seed": seed, **_section(raw, "sample", {})}
@@ -151,6 +183,7 @@ def resolve(raw: dict) -> dict:
               "rounds": "every", **ev}
         ev["source"] = _check_source("eval.source", ev.get("source"))
         _check_eval_metric(ev)
+        _check_held_out_clips(cfg["source"], ev["source"])
     cfg["eval"] = ev
     cfg["gate"] = _check_gate(raw, cfg)
     return cfg
@@ -212,9 +245,21 @@ def _check_eval_metric(ev: dict) -> None:
         _unknown("eval.metric", ev["metric"], options)
 
 
+def _check_held_out_clips(src: dict, ev: dict) -> None:
+    """Toy clips are held out by their stream (split): the eval clips must come from one that neither the
+    checkpoint's SFT (sft), a round's judge (the source's) nor the gate (val) reads."""
+    if ev["type"] != "toy_video":
+        return
+    taken = {"sft", "val"} | ({src["split"]} if src["type"] == "toy_video" else set())
+    if ev["split"] in taken:
+        raise ValueError(f"eval.source.split: the eval clips must be held out, but {ev['split']!r} is read by "
+                         f"the SFT (sft), the gate (val) or the training source; use e.g. 'eval'")
+
+
 def _check_gate(raw: dict, cfg: dict) -> dict | None:
     """gate: which round `rounds: R > 1` keeps (recipes/round_gate.py), scored on validation records: the toy
-    world's val split with a toy-world eval, else `gate.source` (a jsonl source, disjoint from eval's).
+    world's val split with a toy-world eval (the moving toy world's with a toy_video one), else `gate.source`
+    (a jsonl source, disjoint from eval's).
     Absent: on whenever there are rounds and an eval, or `eval.rounds: kept` (then also with one round: the
     gate weighs it against the model before alignment); null: off (the last round is kept)."""
     from halign.recipes.round_gate import GateRule
@@ -234,7 +279,7 @@ def _check_gate(raw: dict, cfg: dict) -> dict | None:
         gate["source"] = _check_source("gate.source", gate["source"])
         if gate["source"]["type"] != "jsonl":
             raise ValueError("gate.source: a toy-world run draws its own validation split; give a jsonl source here")
-    elif cfg["eval"]["source"]["type"] != "toy_world":
+    elif cfg["eval"]["source"]["type"] not in ("toy_world", "toy_video"):
         raise ValueError("gate.source is required with a jsonl eval source: validation records (disjoint from the "
                          "eval records) to choose the round on; or gate: null to keep the last round")
     return gate

@@ -172,7 +172,11 @@ def plot(report: dict, path: Path) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="halign_runs/demo", help="run folder (default: halign_runs/demo)")
+    parser.add_argument("--video", action="store_true",
+                        help="the moving toy world instead: native video clips, a tiny LLaVA-NeXT-Video checkpoint "
+                             "(built once), CHAIR over the clip and temporal questions (recipes/demo_video.py)")
+    parser.add_argument("--out", default=None, help="run folder (default: halign_runs/demo, with --video "
+                                                    "halign_runs/demo_video)")
     parser.add_argument("--json", default=None, help="also write the demo report JSON here")
     parser.add_argument("--plot", default=None, help="PNG plot path (default: RUN/demo.png)")
     parser.add_argument("--quick", action="store_true", help="reduced run for smoke tests (seconds, not minutes)")
@@ -194,6 +198,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.video:
+        from halign.recipes.demo_video import main as video_main
+
+        return video_main(args)
+    args.out = args.out or "halign_runs/demo"
     cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
     cfg.seed = args.seed
     if args.rounds is not None:

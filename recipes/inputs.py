@@ -16,7 +16,7 @@ from halign.data_gen.io import file_sha256, read_records, stable_hash, write_jso
 
 # Source types the engine draws itself (round slices, toy-world exclusion); any other type goes through
 # data_gen/sources.load_source, as `halign gen-pairs --source` reads it.
-ENGINE_SOURCES = ("toy_world", "jsonl")
+ENGINE_SOURCES = ("toy_world", "jsonl", "toy_video")
 
 
 def round_slice(r: int, per_round: int, start: int = 0) -> slice:
@@ -36,9 +36,18 @@ def round_source(src: dict, r: int) -> dict:
 
 # --- model -----------------------------------------------------------------------------------------
 
+TOY_MODELS = ("toy", "toy_video")  # checkpoints halign builds itself: the toy world's, the moving toy world's
+
 def toy_checkpoint_config(cfg: dict):
     from halign.data_gen.toy_checkpoint import ToyCheckpointConfig
     from halign.data_gen.toy_world import ToyWorldConfig
+
+    if cfg.get("model") == "toy_video":  # the moving toy world's video checkpoint, on the recipe seed's world
+        from halign.data_gen.toy_video import ToyVideoConfig
+        from halign.data_gen.toy_video_checkpoint import ToyVideoCheckpointConfig
+
+        return ToyVideoCheckpointConfig(video=ToyVideoConfig(world=ToyWorldConfig(seed=cfg["seed"])), seed=cfg["seed"],
+                                        **cfg["toy_checkpoint"])
 
     # One seed seeds the world, the checkpoint and the alignment (`halign demo`, `halign rlaif` alike).
     return ToyCheckpointConfig(world=ToyWorldConfig(seed=cfg["seed"]), seed=cfg["seed"], **cfg["toy_checkpoint"])
@@ -46,8 +55,8 @@ def toy_checkpoint_config(cfg: dict):
 
 def model_identity(cfg: dict) -> str:
     """What the model is, for stage keys, without loading (or building) it."""
-    if cfg["model"] == "toy":
-        return "toy:" + toy_checkpoint_config(cfg).key()
+    if cfg["model"] in TOY_MODELS:
+        return f"{cfg['model']}:" + toy_checkpoint_config(cfg).key()
     path = Path(cfg["model"])
     if path.is_dir():
         # Names and sizes of every file, contents of the small ones (configs): cheap, and any retrained
@@ -59,12 +68,14 @@ def model_identity(cfg: dict) -> str:
 
 
 def model_path(cfg: dict, log=None) -> str:
-    if cfg["model"] != "toy":
+    if cfg["model"] not in TOY_MODELS:
         return cfg["model"]
     from halign.data_gen.toy_checkpoint import get_toy_checkpoint
+    from halign.data_gen.toy_video_checkpoint import get_toy_video_checkpoint
 
     kwargs = {"log": log} if log else {"progress": False}
-    return str(get_toy_checkpoint(toy_checkpoint_config(cfg), **kwargs))
+    get = get_toy_video_checkpoint if cfg["model"] == "toy_video" else get_toy_checkpoint
+    return str(get(toy_checkpoint_config(cfg), **kwargs))
 
 
 # --- prompt records --------------------------------------------------------------------------------
@@ -88,6 +99,9 @@ def write_source(cfg: dict, src: dict, out_dir: Path, seen: set[str] | None = No
         records = toy_world.write_prompts(world, src["split"], src["n"], out_dir, src["start"], exclude=seen,
                                           qa_fraction=src.get("qa_fraction", 0.0))
         return write_jsonl(out_dir / "prompts.jsonl", records)
+    if src["type"] == "toy_video":  # the recipe seed seeds the moving world, as it seeds the toy world
+        spec = {k: v for k, v in src.items()} | {"seed": cfg["seed"], "out": str(out_dir)}
+        return _write_loaded_source(spec, out_dir)
     if src["type"] != "jsonl":
         return _write_loaded_source(src, out_dir)
     records = read_records(src["path"])
@@ -159,6 +173,9 @@ def validation_records(cfg: dict, run_dir: Path, test: list[dict]) -> list[dict]
     from halign.recipes.round_gate import toy_validation_prompts
 
     ev = cfg["eval"]["source"]
+    if ev["type"] == "toy_video":  # the val clip stream: no judge, no SFT and no test clip comes from it
+        val = {**ev, "split": "val", "n": cfg["gate"].get("val_scenes", 200), "start": 0}
+        return read_records(write_source(cfg, val, run_dir / "validation" / "source"))
     world = toy_world.ToyWorldConfig(**{"seed": cfg["seed"], **(ev["world"] or {})})
     return toy_validation_prompts(world, cfg["gate"].get("val_scenes", 200), run_dir / "validation" / "source",
                                   seen_scenes(cfg), test)

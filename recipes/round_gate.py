@@ -27,7 +27,8 @@ class GateRule:
     metric: str = field(default="chair_i", metadata={"help": "minimised on validation: chair_i or chair_s"})
     recall_tolerance: float = field(default=0.03, metadata={
         "help": "a round may lose at most this much validation recall against round 0 ..."})
-    pope_tolerance: float = field(default=0.01, metadata={"help": "... and at most this much POPE accuracy"})
+    pope_tolerance: float = field(default=0.01, metadata={
+        "help": "... and at most this much POPE accuracy (toy clips: the clip questions' accuracy)"})
     val_scenes: int = field(default=200, metadata={"help": "toy world: size of the validation split"})
 
     def __post_init__(self):
@@ -40,8 +41,8 @@ class GateRule:
 
     def describe(self) -> str:
         return (f"lowest validation {self.metric} among rounds whose recall is at most {self.recall_tolerance:.2f} "
-                f"and POPE accuracy at most {self.pope_tolerance:.2f} below round 0's (ties: higher recall, "
-                f"then the earlier round)")
+                f"and POPE (toy clips: clip-question) accuracy at most {self.pope_tolerance:.2f} below round 0's "
+                f"(ties: higher recall, then the earlier round)")
 
 
 def eligibility(entry: dict, start: dict, rule: GateRule) -> str | None:
@@ -50,6 +51,10 @@ def eligibility(entry: dict, start: dict, rule: GateRule) -> str | None:
         return f"recall {entry['recall']:.3f} < {start['recall']:.3f} - {rule.recall_tolerance:.2f}"
     if "pope_accuracy" in start and entry["pope_accuracy"] < start["pope_accuracy"] - rule.pope_tolerance - 1e-12:
         return f"POPE accuracy {entry['pope_accuracy']:.3f} < {start['pope_accuracy']:.3f} - {rule.pope_tolerance:.2f}"
+    # Toy clips: their temporal and existence questions hold the place of POPE, with the same tolerance.
+    if "qa_accuracy" in start and entry["qa_accuracy"] < start["qa_accuracy"] - rule.pope_tolerance - 1e-12:
+        return (f"clip-question accuracy {entry['qa_accuracy']:.3f} < {start['qa_accuracy']:.3f} - "
+                f"{rule.pope_tolerance:.2f}")
     return None
 
 

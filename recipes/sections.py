@@ -17,7 +17,8 @@ from halign.data_gen.fields import field
 
 @dataclass
 class RecipeTop:
-    model: str = field(help="a checkpoint folder, a hub id, or `toy` (the toy-world checkpoint)")
+    model: str = field(help="a checkpoint folder, a hub id, `toy` (the toy-world checkpoint) or `toy_video` (the "
+                            "moving toy world's video checkpoint)")
     seed: int = field(0, help="seeds the toy world and checkpoint, sampling, pairing and DPO")
     rounds: int = field(1, help="RLAIF rounds; each samples with the previous round's policy")
     omission_negatives: bool = field(False, help="judge each clean answer minus its last item too "
@@ -70,6 +71,38 @@ class JsonlSource:
 
 
 @dataclass
+class ToyVideoSource:
+    """The moving toy world's clips (data_gen/toy_video.py), drawn by the engine: round r the r-th slice of n.
+    `as` (images | video; a Python keyword, so recipes/config.py checks it) says how a clip is fed."""
+    type: str = field("toy_video", help="toy_video: clips of the moving toy world (data_gen/toy_video.py)")
+    split: str = field("dpo", help="which clip stream: dpo, eval, val (sft: the video checkpoint's)")
+    n: int = field(100, help="clips per round; round r draws the r-th slice of n")
+    start: int = field(0, help="index of the first clip of round 1")
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be a positive integer, got {self.n!r}")
+        if self.start < 0:
+            raise ValueError(f"start must be >= 0, got {self.start!r}")
+
+
+@dataclass
+class VideoSampling:
+    """How a loaded source (data_gen/sources.py: video, jsonl, json, hf) samples a clip's frames."""
+    max_frames: int | None = field(None, help="keep at most this many frames, evenly spaced, the first included")
+    fps: float | None = field(None, help="keep this many frames per second of video (needs the clip's rate)")
+    video_fps: float | None = field(None, help="the rate of frame-file clips, when records do not give theirs")
+    frame_dir: str | None = field(None, help="where decoded video files' frames are written (video files only)")
+
+    def __post_init__(self):
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be a positive integer, got {self.max_frames!r}")
+        for name in ("fps", "video_fps"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive number of frames per second, got {getattr(self, name)!r}")
+
+
+@dataclass
 class TrainSection:
     dpo: dict | None = field(default_factory=dict, help="trl DPOConfig fields over halign's DEFAULT_DPO")
     peft: dict | None = field(default_factory=dict, help="peft LoraConfig fields over halign's DEFAULT_LORA (LoRA by "
@@ -92,7 +125,7 @@ class TrainSection:
 
 @dataclass
 class EvalSection:
-    source: dict | None = field(None, help="the eval records: a toy_world or jsonl source")
+    source: dict | None = field(None, help="the eval records: a toy_world, toy_video or jsonl source")
     benchmark: str = field("toy", help="a metric of the registry a recipe can score (rewards/metrics.py)")
     metric: dict | None = field(default_factory=dict, help="the metric's options")
     max_new_tokens: int = field(64, help="greedy generation length")
@@ -119,6 +152,8 @@ def describe_keys() -> list[str]:
     from halign.recipes.round_gate import GateRule
 
     sections = [("", RecipeTop), ("source (type: toy_world)", ToyWorldSource), ("source (type: jsonl)", JsonlSource),
+                ("source (type: toy_video; also as: images | video)", ToyVideoSource),
+                ("source (types video, jsonl, json, hf: frame sampling; also as: images | video)", VideoSampling),
                 ("pairs", PairsConfig), ("train", TrainSection), ("eval", EvalSection), ("gate", GateRule)]
     lines = []
     for title, cls in sections:

@@ -208,9 +208,11 @@ def score_kwargs(cfg: dict) -> dict:
 
 
 def _write_reports(folder: Path, side: str, captions: dict, pope: dict | None) -> None:
+    from halign.recipes.scoring import yes_no_name
+
     write_json(ensure_writable_dir(folder) / f"report_{side}.json", captions)
-    if pope is not None:
-        write_json(folder / f"pope_{side}.json", pope)
+    if pope is not None:  # pope_<side>.json for toy scenes, qa_<side>.json for toy clips' questions
+        write_json(folder / f"{yes_no_name(pope)}_{side}.json", pope)
 
 
 def score_before(ctx: Context, records: list[dict], base: str) -> None:

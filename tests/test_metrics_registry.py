@@ -33,7 +33,7 @@ def test_each_scorer_writes_the_benchmark_its_entry_declares():
 
 
 def test_where_each_metric_runs():
-    assert registry.recipe_benchmarks() == ("toy", "chair")
+    assert registry.recipe_benchmarks() == ("toy", "toy_video", "chair")  # toy_video: the video demo's eval
     assert sorted(registry.eval_benches()) == ["amber", "chair", "pope", "toy"]
     assert registry.eval_benches()["pope"].name == "toy_pope"  # `halign eval --bench pope` asks toy scenes
     assert registry.score_cli_metrics() == ("chair", "pope", "amber", "mmhal")
@@ -48,7 +48,7 @@ def test_recipe_options_come_from_the_metric():
     report = chair.score([{"id": "x", "text": "a circle and a square"}], {"x": {"objects": ["circle"]}})
     assert report["benchmark"] == "chair" and report["metrics"]["chair_i"] == 0.5
     ev = {"benchmark": "pope", "metric": {}}
-    with pytest.raises(ValueError, match=r"eval.benchmark must be one of \('toy', 'chair'\)"):
+    with pytest.raises(ValueError, match=r"eval.benchmark must be one of \('toy', 'toy_video', 'chair'\)"):
         recipe_config._check_eval_metric(ev)
     with pytest.raises(ValueError, match="apply to benchmark chair only"):
         recipe_config._check_eval_metric({"benchmark": "toy", "metric": {"mode": "objhal"}})
