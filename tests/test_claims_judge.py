@@ -76,7 +76,8 @@ def test_llm_split_caption_verify(server, tmp_path):
     assert out[1]["claims"][0]["question"] == "Is there a red circle in the image?"
     assert judge.stats.reasks == 1 and out[0]["usage"]["prompt_tokens"] > 0 and not out[0]["cached"]
     info = judge.manifest_info()
-    assert info["template"] == "claims_split_v1+claims_verify_v1" and len(info["template_sha256"]) == 64
+    assert info["template"] == "claims_split_v1+claims_split_video_v1+claims_verify_v1+claims_verify_video_v1"
+    assert len(info["template_sha256"]) == 64
 
     calls = server.total_calls
     again = build_judge("claims", **opts).judge(cands, prompts)  # warm cache: no call at all
@@ -165,3 +166,55 @@ def test_bad_options():
         ClaimsJudge(splitter="sentences")
     with pytest.raises(ValueError, match="labeler"):
         ClaimsJudge(splitter="objects", verifier="image")
+
+
+def video_data(texts):
+    prompts = {"v": {"id": "v", "images": [], "video": ["f0.png", "f1.png"], "video_fps": 4.0,
+                     "question": "Describe the video.", "caption": CAPTION}}
+    return prompts, [{"id": f"c{i}", "prompt_id": "v", "text": t} for i, t in enumerate(texts)]
+
+
+def test_video_prompts_use_the_video_templates(server):
+    """A native video prompt (no images, a clip) is judged, told that it is about a video: both LLM steps with
+    the video templates, the objects splitter asking about the video."""
+    judge = ClaimsJudge(base_url=server.url, model="fake", progress=False)
+    prompts, cands = video_data(["a red circle and a green square"])
+    [out] = judge.judge(cands, prompts)
+    assert out["error"] is None and out["score"] == -1.0 and out["hallucinated"] == ["a green square"]
+    split_system = server.last_messages["a red circle and a green square"][0]["content"]
+    verify_system = server.last_messages["None ||| None"][0]["content"]
+    assert "video-understanding assistant" in split_system and "about a video" in verify_system
+    assert {"claims_split_video_v1", "claims_verify_video_v1"} <= set(judge.manifest_info()["template"].split("+"))
+
+    objects = ClaimsJudge(splitter="objects", base_url=server.url, model="fake", progress=False)
+    [out] = objects.judge(video_data(["a red circle"])[1], prompts)
+    assert [c["question"] for c in out["claims"]] == ["Is there a circle in the video?"]
+
+
+def test_image_verifier_watches_the_clip(halign_cache, tmp_path):
+    """The labeler answers about a clip with the model's own video inputs (the quick LLaVA-NeXT-Video); a prompt
+    with neither images nor a clip is refused by name."""
+    from halign.align.model import load_policy
+    from halign.data_gen import toy_video
+    from halign.data_gen.toy_video_checkpoint import (QUICK_VIDEO_CHECKPOINT, ToyVideoCheckpointConfig,
+                                                      get_toy_video_checkpoint)
+
+    ckpt = get_toy_video_checkpoint(ToyVideoCheckpointConfig(**QUICK_VIDEO_CHECKPOINT), progress=False,
+                                    log=lambda *_: None)
+    model, processor = load_policy(ckpt)
+    clips = toy_video.write_clips(toy_video.ToyVideoConfig(), "dpo", 2, tmp_path)
+    judge = ClaimsJudge(splitter="objects", verifier="image", labeler_model=model, labeler_processor=processor,
+                        progress=False)
+    prompts = {c["id"]: c for c in clips} | {"blind": {"id": "blind", "images": [], "question": "Describe."}}
+    cands = [{"id": f"{c['id']}#0", "prompt_id": c["id"], "text": "a circle and a star"} for c in clips]
+    out = judge.judge(cands + [{"id": "b#0", "prompt_id": "blind", "text": "a star"}], prompts)
+    for j in out[:2]:
+        assert j["error"] is None and [c["question"] for c in j["claims"]] == [
+            "Is there a circle in the video?", "Is there a star in the video?"]
+        assert all(0 <= c["p_yes"] <= 1 for c in j["claims"])
+    assert out[2]["score"] is None and "'blind' has neither an image nor a video" in out[2]["error"]
+    # Batching does not change an answer: each clip's questions score as they do alone.
+    alone = ClaimsJudge(splitter="objects", verifier="image", labeler_model=model, labeler_processor=processor,
+                        batch_size=1, progress=False).judge(cands, prompts)
+    assert [c["p_yes"] for j in alone for c in j["claims"]] == pytest.approx(
+        [c["p_yes"] for j in out[:2] for c in j["claims"]], abs=1e-4)

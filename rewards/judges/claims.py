@@ -12,6 +12,11 @@ much easier than judging a whole paragraph, which is why open labelers get close
                       P(yes) vs P(no) is read from its first generated token's logits. With the policy's own
                       checkpoint this is self-feedback.
 
+Native video prompts (a record with `video`: data_gen/sources.py `as: video`, data_gen/toy_video.py) are judged
+the same way, told that they are about a video: the LLM steps use the video templates (claims_split_video_v1,
+claims_verify_video_v1: events in time are claims too), the objects splitter asks "Is there a {} in the
+video?", and the image verifier's labeler watches the clip with its own video inputs (the sampler's).
+
 `covered` lists the claims that passed, so the pair builder's coverage filter can keep a chosen response from
 winning merely by saying less.
 """
@@ -19,6 +24,7 @@ winning merely by saying less.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +35,7 @@ from halign.rewards.judges.llm_client import JudgeRequest, JudgeResult, LLMClien
 
 SPLITTERS = ("llm", "objects")
 VERIFIERS = ("caption", "image")
+VIDEO_QUESTION_TEMPLATE = "Is there a {} in the video?"  # the objects splitter's question about a clip
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -92,41 +99,60 @@ def answer_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     return sorted(found["yes"]), sorted(found["no"])
 
 
+@dataclass(frozen=True)
+class Visual:
+    """What the labeler looks at for one prompt: its images and, for a native video prompt, its clip."""
+    images: tuple[str, ...] = ()
+    video: tuple[str, ...] = ()
+    video_fps: float | None = None
+
+    @classmethod
+    def of(cls, prompt: dict) -> "Visual":
+        return cls(tuple(prompt.get("images") or ()), tuple(prompt.get("video") or ()), prompt.get("video_fps"))
+
+
 class ImageLabeler:
-    """Answers yes/no questions about a prompt's images with a local MLLM: P(yes) from the first token."""
+    """Answers yes/no questions about a prompt's images (or clip) with a local MLLM: P(yes) from the first
+    token."""
 
     def __init__(self, model, processor, batch_size: int = 32):
         self.model, self.processor, self.batch_size = model, processor, batch_size
         self.yes_ids, self.no_ids = answer_token_ids(processor.tokenizer)
 
     @torch.no_grad()
-    def p_yes(self, items: list[tuple[tuple[str, ...], str]], progress: bool = False) -> list[float | None]:
-        """P(yes) / (P(yes) + P(no)) for each (image paths, question); identical items are asked once.
+    def p_yes(self, items: list[tuple[Visual | tuple[str, ...], str]], progress: bool = False) -> list[float | None]:
+        """P(yes) / (P(yes) + P(no)) for each (Visual or image paths, question); identical items are asked once.
 
-        None where an image cannot be read (the reason is in `self.errors`, keyed by the image paths)."""
+        None where an image or a frame cannot be read (the reason is in `self.errors`, keyed by the item's
+        first element)."""
         from tqdm.auto import tqdm
 
-        from halign.data_gen.messages import load_images, user_messages
+        from halign.data_gen.messages import load_images, load_video
+        from halign.data_gen.sample import prompt_inputs
+
+        def record(visual, question: str) -> dict:
+            v = visual if isinstance(visual, Visual) else Visual(tuple(visual))
+            return {"id": question, "images": list(v.images), "video": list(v.video) or None,
+                    "video_fps": v.video_fps, "question": question}
 
         answers: dict = {}
         self.errors: dict = {}
-        loaded: dict[tuple[str, ...], list] = {}
-        for paths in dict.fromkeys(paths for paths, _ in items):
+        readable = set()
+        for visual in dict.fromkeys(visual for visual, _ in items):
             try:
-                loaded[paths] = load_images({"id": "claims labeler", "images": list(paths)})
-            except ValueError as err:  # an unreadable image fails its claims, not the whole run
-                self.errors[paths] = str(err)
-        unique = [item for item in dict.fromkeys(items) if item[0] in loaded]
+                load_images(record(visual, ""))
+                load_video(record(visual, ""))
+                readable.add(visual)
+            except ValueError as err:  # an unreadable image or frame fails its claims, not the whole run
+                self.errors[visual] = str(err)
+        unique = [item for item in dict.fromkeys(items) if item[0] in readable]
         tokenizer = self.processor.tokenizer
         device = next(self.model.parameters()).device
         for start in tqdm(range(0, len(unique), self.batch_size), desc="claims labeler", disable=not progress):
             batch = unique[start : start + self.batch_size]
-            records = [{"id": q, "images": list(paths), "question": q} for paths, q in batch]
-            texts = [self.processor.apply_chat_template(user_messages(r), add_generation_prompt=True,
-                                                        tokenize=False) for r in records]
-            images = [loaded[paths] for paths, _ in batch]
-            inputs = self.processor(images=images if any(images) else None, text=texts, padding=True,
-                                    padding_side="left", return_tensors="pt", add_special_tokens=False).to(device)
+            # The sampler's inputs: images as the processor takes them, a clip as the model's own video inputs.
+            inputs, _ = prompt_inputs(self.processor, [record(visual, q) for visual, q in batch], 1)
+            inputs = inputs.to(device)
             # generate() for one token rather than a bare forward: it derives position ids from the attention
             # mask, so left-padded rows score exactly as they would alone.
             out = self.model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
@@ -140,6 +166,11 @@ class ImageLabeler:
 
 
 # ---------------------------------------------------------------------------------------------- judge
+
+def _kind(step: str, prompt: dict) -> str:
+    """The template of an LLM step for this prompt: its video version for a native video prompt."""
+    return f"{step}_video" if prompt.get("video") else step
+
 
 class ClaimsJudge:
     name = "claims"
@@ -155,7 +186,8 @@ class ClaimsJudge:
                  price_in: float | None = None, price_out: float | None = None, rpm: float | None = None,
                  tpm: float | None = None, budget: float | None = None, deadline_floor: float = 3.0,
                  split_template: str = "claims_split_v1", verify_template: str = "claims_verify_v1",
-                 progress: bool = True):
+                 split_video_template: str = "claims_split_video_v1",
+                 verify_video_template: str = "claims_verify_video_v1", progress: bool = True):
         from halign.data_gen.toy_world import QUESTION_TEMPLATE
 
         if splitter not in SPLITTERS or verifier not in VERIFIERS:
@@ -165,6 +197,8 @@ class ClaimsJudge:
             raise ValueError("claims judge: threshold must lie in (0, 1)")
         self.splitter, self.verifier, self.threshold, self.progress = splitter, verifier, float(threshold), progress
         self.question_template = question_template or QUESTION_TEMPLATE
+        # A template the user gives is asked of images and clips alike; the default says which one it is about.
+        self.video_question_template = question_template or VIDEO_QUESTION_TEMPLATE
         self.vocabulary_source = vocabulary if isinstance(vocabulary, str) else "inline"
         self.vocab = None
         if splitter == "objects":
@@ -175,8 +209,10 @@ class ClaimsJudge:
         self.templates = {}
         if splitter == "llm":
             self.templates["split"] = load_template(split_template)
+            self.templates["split_video"] = load_template(split_video_template)
         if verifier == "caption":
             self.templates["verify"] = load_template(verify_template)
+            self.templates["verify_video"] = load_template(verify_video_template)
         self.client = None
         if self.templates:  # only a judge that talks to an LLM needs a key (fails here, at start-up)
             self.config = client_config(model=model, base_url=base_url, api_key_env=api_key_env,
@@ -228,8 +264,8 @@ class ClaimsJudge:
             return f"prompt_id {cand.get('prompt_id')!r} not found in the prompts file"
         if self.verifier == "caption" and not str(prompt.get("caption") or "").strip():
             return f"prompt {cand['prompt_id']!r} has no caption, which the caption verifier needs"
-        if self.verifier == "image" and not prompt.get("images"):
-            return f"prompt {cand['prompt_id']!r} has no image, which the image verifier needs"
+        if self.verifier == "image" and not prompt.get("images") and not prompt.get("video"):
+            return f"prompt {cand['prompt_id']!r} has neither an image nor a video, which the image verifier needs"
         return None
 
     # -- the two steps
@@ -240,25 +276,27 @@ class ClaimsJudge:
             out = []
             for cand in candidates:
                 mentioned = dict.fromkeys(self.vocab.mentions(cand.get("text") or ""))
-                claims = [{"claim": m, "question": self.question_template.format(m)} for m in mentioned]
+                video = bool(prompts[cand["prompt_id"]].get("video"))
+                template = self.video_question_template if video else self.question_template
+                claims = [{"claim": m, "question": template.format(m)} for m in mentioned]
                 out.append((claims, JudgeResult(parsed={"claims": claims})))
             return out
-        requests = [self._request("split", {"question": question_text(prompts[c["prompt_id"]]),
-                                            "response": str(c.get("text") or "")}, parse_claims)
-                    for c in candidates]
+        requests = [self._request(_kind("split", prompts[c["prompt_id"]]),
+                                  {"question": question_text(prompts[c["prompt_id"]]),
+                                   "response": str(c.get("text") or "")}, parse_claims) for c in candidates]
         results = self.client.run(requests, progress=self.progress)
         return [(r.parsed["claims"] if r.parsed else None, r) for r in results]
 
     def verify(self, questions: list[tuple[dict, str]]) -> list[tuple[float | None, JudgeResult]]:
         """(P(yes), result) per (prompt, question); P(yes) is 1/0 for the caption LLM, None when it failed."""
         if self.verifier == "image":
-            items = [(tuple(pr["images"]), q) for pr, q in questions]
+            items = [(Visual.of(pr), q) for pr, q in questions]
             p = self.labeler.p_yes(items, progress=self.progress)
             return [(v, JudgeResult(parsed={}) if v is not None else
                      JudgeResult(parsed=None, error=self.labeler.errors.get(item[0], "labeler failed")))
                     for v, item in zip(p, items)]
-        requests = [self._request("verify", {"caption": str(pr["caption"]), "claim_question": q}, parse_answer)
-                    for pr, q in questions]
+        requests = [self._request(_kind("verify", pr), {"caption": str(pr["caption"]), "claim_question": q},
+                                  parse_answer) for pr, q in questions]
         results = self.client.run(requests, progress=self.progress) if requests else []
         return [((1.0 if r.parsed["answer"] == "yes" else 0.0) if r.parsed else None, r) for r in results]
 
