@@ -83,6 +83,7 @@ def _check_source(where: str, src: dict | None) -> dict:
     from halign.recipes.sections import JsonlSource, ToyVideoSource, ToyWorldSource
 
     if src["type"] == "toy_video":  # clips per round: round r draws the r-th slice of n
+        _unknown(where, src, [f.name for f in dataclasses.fields(ToyVideoSource)] + ["as"])
         _check_as(where, src)
         from_mapping(where, ToyVideoSource, {k: v for k, v in src.items() if k != "as"})
         return {"type": "toy_video", "split": "dpo", "n": 100, "start": 0, "as": "images", **src}

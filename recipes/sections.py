@@ -88,7 +88,7 @@ class ToyVideoSource:
 
 @dataclass
 class VideoSampling:
-    """How a loaded source (data_gen/sources.py: video, jsonl, json, hf) samples a clip's frames."""
+    """How a loaded source (data_gen/sources.py: video, json, hf) samples a clip's frames."""
     max_frames: int | None = field(None, help="keep at most this many frames, evenly spaced, the first included")
     fps: float | None = field(None, help="keep this many frames per second of video (needs the clip's rate)")
     video_fps: float | None = field(None, help="the rate of frame-file clips, when records do not give theirs")
@@ -153,7 +153,7 @@ def describe_keys() -> list[str]:
 
     sections = [("", RecipeTop), ("source (type: toy_world)", ToyWorldSource), ("source (type: jsonl)", JsonlSource),
                 ("source (type: toy_video; also as: images | video)", ToyVideoSource),
-                ("source (types video, jsonl, json, hf: frame sampling; also as: images | video)", VideoSampling),
+                ("source (types video, json, hf: frame sampling; also as: images | video)", VideoSampling),
                 ("pairs", PairsConfig), ("train", TrainSection), ("eval", EvalSection), ("gate", GateRule)]
     lines = []
     for title, cls in sections:
