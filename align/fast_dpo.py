@@ -2,14 +2,16 @@
 
 A `trl.DPOTrainer` whose only overridden hook is `compute_loss`, fed by its own collator
 (`align/packing.py`). Same DPOConfig, same loss formulas (sigmoid, hinge, ipo, robust, sft and weighted
-mixtures of them), same log-probs; three things differ, each tested against plain trl in
+mixtures of them), same log-probs; four things differ, each tested against plain trl in
 tests/test_fast_dpo.py:
 
 (a) reference log-probs are computed once, before training (shared out across ranks), and cached in the run's
     output folder under a key covering everything they depend on (align/ref_cache.py);
 (b) a pair is one packed row: one vision-tower pass and one pass over the shared prompt;
 (c) with max_length, only completion text is truncated; a prompt whose image tokens alone reach max_length
-    is an error naming the record.
+    is an error naming the record;
+(d) only answer positions go through the LM head on every device (align/answer_logps.py); trl's fused head
+    does that on triton devices only and projects every position elsewhere.
 
 The reference is trl's in every case (`_reference`); once its log-probs are attached, trl's reference copy
 (full fine-tuning) is released, the accelerator's handle included, so training holds one model.
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from accelerate.utils import is_peft_model
 from trl import DPOTrainer
 
+from halign.align.answer_logps import answer_logps, answer_scoring
 from halign.align.packing import CHOSEN, REJECTED, PackedPairCollator, mrope_merge_size, packing_unsupported
 from halign.align.packing_families import family_layout
 from halign.align.packing_flex import FLEX, pair_block_mask, run_flash_on_flex
@@ -108,6 +111,7 @@ class FastVisionDPOTrainer(DPOTrainer):
             raise ValueError("mdpo is set but the data collator does not build corrupted-image rows with it")
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          peft_config=peft_config, data_collator=data_collator, **kwargs)
+        self.answer_scoring = answer_scoring(self.accelerator.device)  # "fused" or "gather": align/answer_logps.py
         self.ref_cache_file: Path | None = None
         self.ref_cache_hit = False
         self.ref_pairs_per_rank: list[int] | None = None  # set when this trainer ran the reference pass
@@ -154,9 +158,11 @@ class FastVisionDPOTrainer(DPOTrainer):
 
         model, adapter, _ = self._reference()
         ref_model = self.accelerator.unwrap_model(self.ref_model) if self.ref_model is not None else None
-        return ref_cache.describe(model=self.accelerator.unwrap_model(model), ref_model=ref_model,
-                                  adapter_name=adapter, processor=self.processing_class, dataset=dataset,
-                                  args=self.args, mdpo=self.mdpo, progress=not self.args.disable_tqdm)
+        description = ref_cache.describe(model=self.accelerator.unwrap_model(model), ref_model=ref_model,
+                                         adapter_name=adapter, processor=self.processing_class, dataset=dataset,
+                                         args=self.args, mdpo=self.mdpo, progress=not self.args.disable_tqdm)
+        # The two ways of scoring answers agree to float rounding, not bit for bit.
+        return {**description, "answer_scoring": self.answer_scoring}
 
     def attach_ref_logps(self, dataset, cache_dir: str | Path | None = None):
         """`dataset` plus ref_chosen_logps / ref_rejected_logps columns, from the cache or one reference pass."""
@@ -225,28 +231,28 @@ class FastVisionDPOTrainer(DPOTrainer):
 
     # ---- (b) one packed row per pair ----------------------------------------------------------------------
 
-    @staticmethod
-    def _sequence_logps(model, inputs):
-        """(chosen_logps, rejected_logps, per-token log-probs, chosen mask, rejected mask, outputs)."""
+    def _sequence_logps(self, model, inputs, entropy: bool = False):
+        """(chosen_logps, rejected_logps, per-token log-probs, chosen mask, rejected mask, per-token entropy or
+        None); only answer positions go through the LM head (align/answer_logps.py)."""
         kwargs = {k: v for k, v in inputs.items() if k not in
                   ("labels", "segments", "record_names", "corrupted", "pair_index", "pair_bounds", *REF_KEYS, MDPO_REF_KEY)}
         if "attention_mask" not in kwargs:  # a flex_attention model: the mask as a block-sparse BlockMask
             kwargs["attention_mask"] = pair_block_mask(inputs["pair_index"], inputs["pair_bounds"])
-        outputs = model(**kwargs, labels=inputs["labels"], use_cache=False, fused_lm_head=True)
-        per_token = outputs.log_probs  # [rows, width - 1]: log p(token t+1 | tokens <= t), 0 where not a label
+        # per_token: [rows, width - 1], log p(token t+1 | tokens <= t), 0 where not a label
+        per_token, token_entropy = answer_logps(model, kwargs, inputs["labels"], self.answer_scoring, entropy)
         segments = inputs["segments"][:, 1:]
         chosen_mask, rejected_mask = segments == CHOSEN, segments == REJECTED
         # A row may hold several pairs (row_tokens): sum each pair's tokens by its index, not by row.
         pair_index = inputs["pair_index"][:, 1:]
         chosen, rejected = per_pair_sums(per_token, pair_index, chosen_mask, rejected_mask)
-        return chosen, rejected, per_token, chosen_mask, rejected_mask, outputs
+        return chosen, rejected, per_token, chosen_mask, rejected_mask, token_entropy
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         if REF_KEYS[0] not in inputs:
             raise ValueError("fast DPO batches need ref_chosen_logps/ref_rejected_logps (attach_ref_logps)")
-        chosen_logps, rejected_logps, per_token, chosen_mask, rejected_mask, outputs = \
-            self._sequence_logps(model, inputs)
+        chosen_logps, rejected_logps, per_token, chosen_mask, rejected_mask, token_entropy = \
+            self._sequence_logps(model, inputs, entropy=True)
         chosen_logratios = chosen_logps - inputs["ref_chosen_logps"]
         rejected_logratios = rejected_logps - inputs["ref_rejected_logps"]
         delta = chosen_logratios - rejected_logratios
@@ -279,8 +285,8 @@ class FastVisionDPOTrainer(DPOTrainer):
             raise FloatingPointError(f"non-finite DPO loss ({loss.item()}) at step {self.state.global_step + 1}, "
                                      f"batch: {', '.join(inputs.get('record_names', []))}")
         self._log_metrics(mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps,
-                          chosen_mask | rejected_mask, outputs)
-        return (loss, outputs) if return_outputs else loss
+                          chosen_mask | rejected_mask, token_entropy)
+        return (loss, {"per_token_logps": per_token}) if return_outputs else loss
 
     def _mdpo_loss(self, model, inputs, chosen_logratios, mode):
         from halign.align.mdpo import mdpo_losses
@@ -299,7 +305,8 @@ class FastVisionDPOTrainer(DPOTrainer):
         metrics["mdpo/anchor_loss"].append(gather(anchor.detach()).mean().item())
         return self.mdpo.conditional_weight * conditional.mean() + self.mdpo.anchor_weight * anchor.mean()
 
-    def _log_metrics(self, mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps, mask, outputs):
+    def _log_metrics(self, mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps, mask,
+                     token_entropy):
         gather, metrics = self.accelerator.gather, self._metrics[mode]
         chosen_rewards = self.beta * chosen_logratios.detach()
         rejected_rewards = self.beta * rejected_logratios.detach()
@@ -309,6 +316,6 @@ class FastVisionDPOTrainer(DPOTrainer):
         metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
         metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
-        if outputs.entropy is not None:
+        if token_entropy is not None:
             total = gather(mask.sum()).sum().clamp(min=1)
-            metrics["entropy"].append((gather((outputs.entropy.detach() * mask).sum()).sum() / total).item())
+            metrics["entropy"].append((gather((token_entropy.detach() * mask).sum()).sum() / total).item())

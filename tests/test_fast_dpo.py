@@ -307,3 +307,25 @@ def test_nan_loss_stops_with_step_and_records(tmp_path, tiny_checkpoint, pairs_d
               progress=False)
     message = str(err.value)
     assert "step 1" in message and "toy-dpo-" in message
+
+
+@pytest.mark.parametrize("scoring", ["fused", "gather"])
+def test_both_answer_scorings_equal_trl(tiny_checkpoint, pairs_dataset, tmp_path, scoring):
+    """Answer log-probs from trl's fused LM head (what runs on triton devices) and from logits_to_keep (elsewhere)
+    give trl's loss, gradients and logged entropy; "gather" projects exactly the answer positions."""
+    reference = _build(tiny_checkpoint, pairs_dataset, tmp_path, fast=False, lora=True)
+    fast = _build(tiny_checkpoint, pairs_dataset, tmp_path, fast=True, lora=True)
+    assert fast.answer_scoring == "gather"  # CPU: trl's kernel would project every position
+    fast.answer_scoring = scoring
+    projected = []
+    hook = fast.model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: projected.append(args[0].shape[:-1].numel()))
+    _perturb([reference, fast])
+    _assert_same(reference, fast)
+    hook.remove()
+    batch = fast.data_collator([dict(r) for r in fast.train_dataset])
+    answer_tokens = int((batch["labels"] != -100).sum())
+    if scoring == "gather":
+        assert projected == [answer_tokens]
+    entropy = [t._metrics["train"]["entropy"][-1] for t in (reference, fast)]
+    assert abs(entropy[0] - entropy[1]) < 1e-4, entropy
