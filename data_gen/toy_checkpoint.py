@@ -382,18 +382,19 @@ def get_toy_checkpoint(cfg: ToyCheckpointConfig | None = None, cache_dir: str | 
         log(f"the shipped toy checkpoint at {shipped} cannot be trusted ({problem}); building one in the cache")
     root = Path(cache_dir) if cache_dir else cache_root()
     return cached_build(root / f"toy-llava-{cfg.key()}", lambda folder: build_checkpoint(cfg, folder, progress, log),
-                        "toy checkpoint", "the tiny toy-world checkpoint", log)
+                        "toy checkpoint", "the tiny toy-world checkpoint (once; a few minutes on 2 CPU cores)", log)
 
 
 def cached_build(folder: Path, build, what: str, description: str, log=print) -> Path:
-    """`folder` when it holds an intact build, else `build(folder)` (rebuilding a corrupted one)."""
+    """`folder` when it holds an intact build, else `build(folder)` (rebuilding a corrupted one). `description`
+    names the build in the log line, with how long it takes."""
     if folder.exists():
         problem = verify_checkpoint(folder)
         if problem is None:
             return folder
         log(f"cached {what} at {folder} cannot be trusted ({problem}); rebuilding it")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    log(f"building {description} into {folder} (once; a few minutes on 2 CPU cores)")
+    log(f"building {description} into {folder}")
     return build(folder)
 
 

@@ -49,9 +49,8 @@ class ToyVideoCheckpointConfig:
     video: toy_video.ToyVideoConfig = field(default_factory=toy_video.ToyVideoConfig)
     seed: int = 0
     # 48 px frames -> 6 x 6 patches -> 3 x 3 video tokens after pooling: one token per grid cell, as the image
-    # checkpoint has. With 12 px patches (2 x 2 tokens, each straddling cells) the first standard build never
-    # learned to read the clip: SFT loss stuck at 0.64, the vision features collapsed to one vector (spread 1%
-    # of their norm), every clip got the same caption (test recall 0.54, existence questions at chance).
+    # checkpoint has. With 12 px patches (2 x 2 tokens, each straddling cells) a build never learned to read
+    # the clip: its vision features collapsed to one vector and every clip got the same caption.
     patch_size: int = 8
     vision_hidden: int = 64
     vision_layers: int = 2
@@ -62,8 +61,8 @@ class ToyVideoCheckpointConfig:
     questions_per_clip: int = 2
     # Schedule as toy_checkpoint's: constant learning rate until the mean loss of the last 100 steps falls
     # below read_video_loss (the model reads the clip, not only the text prior), then decay_steps of decay;
-    # sft_steps caps the run. Batch 16 at 2e-3 stayed on the text-prior plateau (loss 0.58 after 4,000 steps
-    # even with 8 px patches); batch 32 at 1e-3 left it within 1,000 steps (0.46).
+    # sft_steps caps the run. Batch 16 at 2e-3 stayed on the text-prior plateau even with 8 px patches; batch
+    # 32 at 1e-3 left it (one build each, seed 0).
     sft_steps: int = 4000
     read_video_loss: float = 0.25
     decay_steps: int = 200
@@ -223,4 +222,5 @@ def get_toy_video_checkpoint(cfg: ToyVideoCheckpointConfig | None = None, cache_
     root = Path(cache_dir) if cache_dir else toy_ckpt.cache_root()
     return toy_ckpt.cached_build(root / f"{FOLDER_PREFIX}{cfg.key()}",
                                  lambda folder: build_video_checkpoint(cfg, folder, progress, log),
-                                 "toy video checkpoint", "the tiny moving-toy-world video checkpoint", log)
+                                 "toy video checkpoint", "the tiny moving-toy-world video checkpoint "
+                                 "(once; about half an hour on 2 CPU cores)", log)
