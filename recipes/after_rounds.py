@@ -29,7 +29,8 @@ def validate(ctx, base: str, records: list[dict]) -> list[dict]:
     cfg, run_dir = ctx.cfg, ctx.run_dir
     records_key = stable_hash(records)
     history = []
-    for r, folder in enumerate([run_dir / "validation" / "round_0"] + [d / "validation" for d in round_dirs(cfg, run_dir)]):
+    folders = [run_dir / "validation" / "round_0"] + [d / "validation" for d in round_dirs(cfg, run_dir)]
+    for r, folder in enumerate(folders):
         policy = base if r == 0 else str(policy_path(cfg, folder.parent))
         identity = {"policy": policy, "train_key": None if r == 0 else _train_key(folder.parent),
                     "records": records_key}
@@ -38,9 +39,38 @@ def validate(ctx, base: str, records: list[dict]) -> list[dict]:
             folder, policy, records, stages.eval_metric(cfg), label, ctx.progress, **stages.score_kwargs(cfg)))
         entry = {"round": r, "policy": policy, **metrics}
         if r:
-            entry |= round_facts(folder.parent)
+            entry |= round_facts(folder.parent) | change_errors(folders[0], folder)
         history.append(entry)
     return history
+
+
+def _paired_items(folder: Path) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per validation item, what the gate's guarded scores sum: recall's (objects named, objects), and a
+    yes/no question's (correct, 1), keyed by score then item id."""
+    from halign.recipes.scoring import YES_NO_NAMES
+
+    captions = json.loads((folder / "report.json").read_text())["per_item"]
+    items = {"recall": {c["id"]: (len(c["covered"]), len(c["ground_truth"])) for c in captions}}
+    for name in YES_NO_NAMES.values():
+        if (folder / f"{name}.json").exists():
+            questions = json.loads((folder / f"{name}.json").read_text())["per_item"]
+            items[f"{name}_accuracy"] = {q["id"]: (float(q["correct"]), 1.0) for q in questions}
+    return items
+
+
+def change_errors(base_folder: Path, folder: Path) -> dict:
+    """`<score>_se`: the paired standard error of a round's change against round 0 on the same validation
+    items, for the scores the gate guards (round_gate.paired_change_se)."""
+    from halign.recipes.round_gate import paired_change_se
+
+    base, other = _paired_items(base_folder), _paired_items(folder)
+    errors = {}
+    for key, items in other.items():
+        ids = sorted(items)
+        if key not in base or sorted(base[key]) != ids:
+            raise ValueError(f"validation {key}: {folder} and {base_folder} scored different items")
+        errors[f"{key}_se"] = paired_change_se([base[key][i] for i in ids], [items[i] for i in ids])
+    return errors
 
 
 def round_facts(round_dir: Path) -> dict:

@@ -37,7 +37,9 @@ class DemoConfig:
     hallucination_weight: float = 2.0
     pair_strategy: str = "gap"
     min_gap: float = 1.0
-    sample_num: int = 2
+    # Up to 3 pairs per prompt: with the balanced, omission-completed pair sets below, 2 left too few pairs
+    # per round for the yes/no and caption skills to move together.
+    sample_num: int = 3
     # DPO plus an equally weighted SFT term on the chosen answer: the anchor keeps the model from learning
     # "stop early" (shorter answers hallucinate less, but lose recall) along with "don't invent partners".
     dpo: dict = field(default_factory=lambda: {
@@ -53,10 +55,11 @@ class DemoConfig:
     # Yes/no prompts whose K samples all agree get the other answer as a candidate too, so every asked question
     # can form a pair (data_gen/sample.py): without it the yes/no skill drifts (README).
     complete_yes_no: bool = True
-    # Judged omission negatives (data_gen/omissions.py): off by default; README, "What the demo shows".
-    omission_negatives: bool = False
-    # Length-balanced pair sets (data_gen/pairs.py, balance_lengths): off by default; README, "What the demo shows".
-    balance_lengths: bool = False
+    # Judged omission negatives (data_gen/omissions.py) and length-balanced pair sets (data_gen/pairs.py):
+    # without them "end the list sooner" predicts most preferences and rounds buy lower CHAIR with recall
+    # (README, "What the demo shows"); --no-omission-negatives / --no-balance-lengths run the ablations.
+    omission_negatives: bool = True
+    balance_lengths: bool = True
     gate: dict = field(default_factory=dict)  # GateRule overrides (recipes/round_gate.py)
     seed: int = 0
 
@@ -186,12 +189,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {TOY_QA_FRACTION}; 0 = captions only)")
     parser.add_argument("--no-complete-yes-no", action="store_true",
                         help="ablation: yes/no prompts keep only their sampled answers (the yes/no skill then drifts)")
-    parser.add_argument("--omission-negatives", action="store_true",
-                        help="also judge each clean answer minus its last item, so stopping early is punished too")
-    parser.add_argument("--balance-lengths", action="store_true",
+    parser.add_argument("--omission-negatives", action=argparse.BooleanOptionalAction, default=None,
+                        help="also judge each clean answer minus its last item, so stopping early is punished too "
+                             "(image demo: on by default)")
+    parser.add_argument("--balance-lengths", action=argparse.BooleanOptionalAction, default=None,
                         help="as many pairs with the shorter answer chosen as with the longer one, so DPO cannot "
-                             "buy lower hallucination by ending lists early")
-    parser.add_argument("--sample-num", type=int, default=None, help="most pairs per prompt (default 2)")
+                             "buy lower hallucination by ending lists early (image demo: on by default)")
+    parser.add_argument("--sample-num", type=int, default=None, help="most pairs per prompt (image demo: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the world, the checkpoint (seed 0 is shipped; "
                                                              "others are built once, ~5 min) and the alignment")
     parser.add_argument("--no-progress", action="store_true")
@@ -212,8 +216,10 @@ def main(args: argparse.Namespace) -> int:
     if args.qa_fraction is not None:
         cfg.qa_fraction = args.qa_fraction
     cfg.complete_yes_no = not args.no_complete_yes_no
-    cfg.omission_negatives = args.omission_negatives
-    cfg.balance_lengths = args.balance_lengths
+    if args.omission_negatives is not None:
+        cfg.omission_negatives = args.omission_negatives
+    if args.balance_lengths is not None:
+        cfg.balance_lengths = args.balance_lengths
     if args.sample_num is not None:
         if args.sample_num < 1:
             raise ValueError("--sample-num must be >= 1")

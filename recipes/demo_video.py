@@ -181,7 +181,11 @@ def main(args: argparse.Namespace) -> int:
                          f"the video demo's questions are its clips' own")
     out = args.out or "halign_runs/demo_video"
     cfg = VideoDemoConfig.quick(out) if args.quick else VideoDemoConfig(out=out)
-    cfg.seed, cfg.omission_negatives, cfg.balance_lengths = args.seed, args.omission_negatives, args.balance_lengths
+    cfg.seed = args.seed
+    if args.omission_negatives is not None:
+        cfg.omission_negatives = args.omission_negatives
+    if args.balance_lengths is not None:
+        cfg.balance_lengths = args.balance_lengths
     if args.rounds is not None:
         if args.rounds < 1:
             raise ValueError("--rounds must be >= 1")

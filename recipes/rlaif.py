@@ -47,7 +47,7 @@ class RlaifConfig:
     val_prompts: str | None = field(None, help="validation records the gate chooses on (needed with --eval-prompts; "
                                                "disjoint from the test records)")
     val_n: int = field(200, help="toy world: validation scenes")
-    gate: dict = field(default_factory=dict, help="GateRule overrides (metric, recall_tolerance, pope_tolerance)")
+    gate: dict = field(default_factory=dict, help="GateRule overrides (metric, recall_tolerance, pope_tolerance, confidence)")
     toy_checkpoint: dict = field(default_factory=dict, help="ToyCheckpointConfig overrides with model 'toy'")
     sample: dict = field(default_factory=lambda: {"k": 8, "temperature": 1.0, "complete_yes_no": True},
                          help="SampleConfig fields (complete_yes_no: a yes/no prompt gets its unsampled answer too)")
@@ -153,7 +153,7 @@ def run_rlaif(cfg: RlaifConfig, progress: bool = True, log=print) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, RlaifConfig, FLAG_FIELDS, defaults={"model": "toy"})  # types, defaults, help: the fields'
     parser.add_argument("--gate", action="append", default=[], metavar="KEY=VALUE",
-                        help="gate rule: metric=chair_i|chair_s, recall_tolerance=0.03, pope_tolerance=0.01")
+                        help="gate rule: metric=chair_i|chair_s, recall_tolerance=0.03, pope_tolerance=0.01, confidence=0.95")
     parser.add_argument("--full", action="store_true", help="full-parameter training instead of LoRA")
     parser.add_argument("--no-progress", action="store_true")
 

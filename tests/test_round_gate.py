@@ -5,7 +5,7 @@ import pytest
 
 from halign.data_gen import toy_world
 from halign.recipes.rlaif import RlaifConfig, eval_sets
-from halign.recipes.round_gate import GateRule, choose_round
+from halign.recipes.round_gate import GateRule, choose_round, paired_change_se
 
 
 def entry(r, chair_i, recall=0.95, pope=0.97, chair_s=None):
@@ -55,11 +55,50 @@ def test_the_last_round_is_kept_when_it_is_best_and_the_chosen_round_is_never_wo
         assert kept["chair_i"] <= chair
 
 
+def test_a_drop_within_tolerance_by_point_estimate_but_not_with_confidence_is_passed_over():
+    # Round 2 loses 0.9 POPE points against a 1-point tolerance; its paired standard error says the true
+    # drop may well exceed the tolerance on new scenes, so the gate prefers round 1.
+    history = [START, entry(1, 0.08, pope=0.982), {**entry(2, 0.02, pope=0.971), "pope_accuracy_se": 0.005}]
+    gate = choose_round(history, GateRule())
+    assert gate["chosen_round"] == 1
+    assert "POPE accuracy 0.971 (lower bound 0.963) < 0.980 - 0.01" == gate["passed_over"]["2"]
+    assert choose_round(history, GateRule(confidence=0.5))["chosen_round"] == 2  # point estimates
+    assert "95% lower confidence bound" in gate["rule"]
+
+
+def test_paired_change_se_matches_the_textbook_formulas():
+    import math
+    import random
+
+    rng = random.Random(0)
+    # Yes/no questions: the paired difference of two proportions over n items, sd(d) / sqrt(n).
+    base = [(float(rng.random() < 0.9), 1.0) for _ in range(500)]
+    other = [(v if rng.random() < 0.95 else 1 - v, 1.0) for v, _ in base]
+    diffs = [o - b for (b, _), (o, _) in zip(base, other)]
+    mean = sum(diffs) / len(diffs)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    assert paired_change_se(base, other) == pytest.approx(sd / math.sqrt(len(diffs)))
+    # Recall (a ratio of sums over the same ground truth): weights are each caption's ground-truth objects.
+    truth = [rng.randint(1, 4) for _ in range(200)]
+    named_a, named_b = [rng.randint(0, t) for t in truth], [rng.randint(0, t) for t in truth]
+    d = [b - a for a, b in zip(named_a, named_b)]
+    m = sum(d) / len(d)
+    expected = math.sqrt(len(d) * sum((x - m) ** 2 for x in d) / (len(d) - 1)) / sum(truth)
+    assert paired_change_se(list(zip(named_a, truth)), list(zip(named_b, truth))) == pytest.approx(expected)
+    assert paired_change_se(base, base) == 0.0
+    with pytest.raises(ValueError, match="same weights"):
+        paired_change_se([(1, 2)], [(1, 3)])
+    with pytest.raises(ValueError, match="paired items differ"):
+        paired_change_se([(1, 1)], [])
+
+
 def test_bad_rules_and_histories_are_refused():
     with pytest.raises(ValueError, match="gate metric"):
         GateRule(metric="recall")
     with pytest.raises(ValueError, match="tolerances"):
         GateRule(pope_tolerance=-0.1)
+    with pytest.raises(ValueError, match="confidence"):
+        GateRule(confidence=0.3)
     with pytest.raises(ValueError, match="round 0"):
         choose_round([entry(1, 0.1)], GateRule())
     with pytest.raises(ValueError, match="unknown gate keys"):

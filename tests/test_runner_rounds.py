@@ -129,7 +129,7 @@ def test_gate_settings_are_checked_at_start():
     assert resolve(["rounds=1"])["gate"] is None  # one round: nothing to choose
     assert resolve(["rounds=2", "gate=null"])["gate"] is None  # off: the last round is kept
     assert resolve(["rounds=2"])["gate"] == {"metric": "chair_i", "recall_tolerance": 0.03, "pope_tolerance": 0.01,
-                                             "val_scenes": 200}  # the recipe's own gate section
+                                             "confidence": 0.95, "val_scenes": 200}  # the recipe's own gate section
     assert resolve(["rounds=2", "gate={}"])["gate"] == {}  # rounds and an eval: the gate is on, rule defaults
     with pytest.raises(ValueError, match="unknown key gate.tolerance"):
         resolve(["rounds=2", "gate.tolerance=0.1"])
