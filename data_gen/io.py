@@ -6,6 +6,7 @@ wall time). Secrets never reach it: config values whose key looks like a credent
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -89,14 +90,36 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return path
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 class atomic_writer:
-    """Context manager: write to a temp file in the same folder, then rename over the target."""
+    """Context manager: write to a temp file in the same folder, then rename over the target.
+
+    The temp file's name carries the writer's pid (`.NAME.PID.XXXX.tmp`): a writer killed mid-write (SIGKILL,
+    out of memory) cannot clean up, so the next writer of the same target removes temp files whose process
+    is gone, and a killed run leaves no litter behind once it is resumed."""
 
     def __init__(self, path: Path):
         self.path = path
 
+    def _remove_orphans(self) -> None:
+        for tmp in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+            pid = tmp.name[len(self.path.name) + 2:].split(".", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+
     def __enter__(self):
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self._remove_orphans()
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.{os.getpid()}.",
+                                        suffix=".tmp")
         self.fh = os.fdopen(fd, "w", encoding="utf-8")
         return self.fh
 
