@@ -50,7 +50,12 @@ def _paired_items(folder: Path) -> dict[str, dict[str, tuple[float, float]]]:
     from halign.recipes.scoring import YES_NO_NAMES
 
     captions = json.loads((folder / "report.json").read_text())["per_item"]
-    items = {"recall": {c["id"]: (len(c["covered"]), len(c["ground_truth"])) for c in captions}}
+    items = {}
+    if all("ground_truth" in c and ("covered" in c or "recall" in c) for c in captions):
+        # Toy reports list the objects named ("covered"); CHAIR's give the per-caption recall instead.
+        items["recall"] = {c["id"]: (len(c["covered"]) if "covered" in c else
+                                     round(c["recall"] * len(c["ground_truth"])), len(c["ground_truth"]))
+                           for c in captions}
     for name in YES_NO_NAMES.values():
         if (folder / f"{name}.json").exists():
             questions = json.loads((folder / f"{name}.json").read_text())["per_item"]

@@ -153,6 +153,8 @@ def test_every_recipe_runs_every_stage_on_a_tiny_model(recipe, tmp_path, tiny_ch
     cfg = result["config"]
     kept = cfg["eval"] is not None and cfg["eval"]["rounds"] == "kept"  # the kept round's eval: after the gate
     stages = [s for s in STAGES if s != "eval" or (cfg["eval"] is not None and not kept)]
+    if cfg["omission_negatives"]:  # the demo's: judged omission copies between the judge and the pairs
+        stages.insert(stages.index("pairs"), "omissions")
     folders = stages if cfg["rounds"] == 1 else [f"round_{r}/{s}" for r in (1, 2) for s in stages]
     assert result["ran"] == folders
     for folder in folders:
