@@ -30,6 +30,7 @@ def validate(ctx, base: str, records: list[dict]) -> list[dict]:
     records_key = stable_hash(records)
     history = []
     folders = [run_dir / "validation" / "round_0"] + [d / "validation" for d in round_dirs(cfg, run_dir)]
+    base_items = None  # round 0's per-item results, read once: every round's change is paired against them
     for r, folder in enumerate(folders):
         policy = base if r == 0 else str(policy_path(cfg, folder.parent))
         identity = {"policy": policy, "train_key": None if r == 0 else _train_key(folder.parent),
@@ -39,7 +40,9 @@ def validate(ctx, base: str, records: list[dict]) -> list[dict]:
             folder, policy, records, stages.eval_metric(cfg), label, ctx.progress, **stages.score_kwargs(cfg)))
         entry = {"round": r, "policy": policy, **metrics}
         if r:
-            entry |= round_facts(folder.parent) | change_errors(folders[0], folder)
+            if base_items is None:
+                base_items = _paired_items(folders[0])
+            entry |= round_facts(folder.parent) | change_errors(base_items, folder)
         history.append(entry)
     return history
 
@@ -63,17 +66,17 @@ def _paired_items(folder: Path) -> dict[str, dict[str, tuple[float, float]]]:
     return items
 
 
-def change_errors(base_folder: Path, folder: Path) -> dict:
-    """`<score>_se`: the paired standard error of a round's change against round 0 on the same validation
-    items, for the scores the gate guards (round_gate.paired_change_se)."""
+def change_errors(base: dict, folder: Path) -> dict:
+    """`<score>_se`: the paired standard error of a round's change against round 0 (`base`, its
+    `_paired_items`) on the same validation items, for the scores the gate guards (round_gate.paired_change_se)."""
     from halign.recipes.round_gate import paired_change_se
 
-    base, other = _paired_items(base_folder), _paired_items(folder)
+    other = _paired_items(folder)
     errors = {}
     for key, items in other.items():
         ids = sorted(items)
         if key not in base or sorted(base[key]) != ids:
-            raise ValueError(f"validation {key}: {folder} and {base_folder} scored different items")
+            raise ValueError(f"validation {key}: {folder} scored other items than round 0")
         errors[f"{key}_se"] = paired_change_se([base[key][i] for i in ids], [items[i] for i in ids])
     return errors
 

@@ -180,20 +180,9 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"{image_only[0]} is an image-demo option (toy-world existence questions); "
                          f"the video demo's questions are its clips' own")
     out = args.out or "halign_runs/demo_video"
-    cfg = VideoDemoConfig.quick(out) if args.quick else VideoDemoConfig(out=out)
-    cfg.seed = args.seed
-    if args.omission_negatives is not None:
-        cfg.omission_negatives = args.omission_negatives
-    if args.balance_lengths is not None:
-        cfg.balance_lengths = args.balance_lengths
-    if args.rounds is not None:
-        if args.rounds < 1:
-            raise ValueError("--rounds must be >= 1")
-        cfg.rounds = args.rounds
-    if args.sample_num is not None:
-        if args.sample_num < 1:
-            raise ValueError("--sample-num must be >= 1")
-        cfg.sample_num = args.sample_num
+    from halign.recipes.demo import apply_shared_flags
+
+    cfg = apply_shared_flags(VideoDemoConfig.quick(out) if args.quick else VideoDemoConfig(out=out), args)
     ensure_writable_dir(out)
     if args.json:
         ensure_writable_dir(Path(args.json).parent)
