@@ -201,28 +201,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def apply_shared_flags(cfg, args: argparse.Namespace):
-    """The flags both demos take (seed, rounds, pair settings) onto `cfg`, a DemoConfig or a VideoDemoConfig;
-    a flag not given keeps the config's default."""
-    cfg.seed = args.seed
-    for name in ("rounds", "sample_num"):
-        value = getattr(args, name)
-        if value is not None:
-            if value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-            setattr(cfg, name, value)
-    for name in ("omission_negatives", "balance_lengths"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    return cfg
-
-
 def main(args: argparse.Namespace) -> int:
     if args.video:
         from halign.recipes.demo_video import main as video_main
 
         return video_main(args)
     args.out = args.out or "halign_runs/demo"
+    from halign.recipes.demo_video import apply_shared_flags
+
     cfg = apply_shared_flags(DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out), args)
     if args.qa_fraction is not None:
         cfg.qa_fraction = args.qa_fraction

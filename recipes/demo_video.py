@@ -172,6 +172,23 @@ def plot(report: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def apply_shared_flags(cfg, args: argparse.Namespace):
+    """The flags both demos take (seed, rounds, pair settings) onto `cfg`, a DemoConfig or a VideoDemoConfig;
+    a flag not given keeps the config's default. Here, not in recipes/demo.py (which adds the flags), because
+    demo.py already imports this module: the reverse import would close a cycle."""
+    cfg.seed = args.seed
+    for name in ("rounds", "sample_num"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+            setattr(cfg, name, value)
+    for name in ("omission_negatives", "balance_lengths"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    return cfg
+
+
 def main(args: argparse.Namespace) -> int:
     """`halign demo --video` (recipes/demo.py's flags; the image world's own are refused)."""
     image_only = [flag for flag, given in (("--qa-fraction", args.qa_fraction is not None),
@@ -180,8 +197,6 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"{image_only[0]} is an image-demo option (toy-world existence questions); "
                          f"the video demo's questions are its clips' own")
     out = args.out or "halign_runs/demo_video"
-    from halign.recipes.demo import apply_shared_flags
-
     cfg = apply_shared_flags(VideoDemoConfig.quick(out) if args.quick else VideoDemoConfig(out=out), args)
     ensure_writable_dir(out)
     if args.json:
