@@ -42,12 +42,15 @@ class DemoConfig:
     sample_num: int = 3
     # DPO plus an equally weighted SFT term on the chosen answer: the anchor keeps the model from learning
     # "stop early" (shorter answers hallucinate less, but lose recall) along with "don't invent partners".
+    # One epoch over each round's pairs: they were sampled from the round's starting policy, and a second pass
+    # moved the policy further than its samples reach; on checkpoints that misread shapes the yes/no answers
+    # then churned about a point per round (README, "What the demo shows").
     dpo: dict = field(default_factory=lambda: {
-        "beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 2, "per_device_train_batch_size": 16,
+        "beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16,
         "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0],
     })
     checkpoint: dict = field(default_factory=dict)  # ToyCheckpointConfig overrides; {} = the standard one
-    rounds: int = 3  # alignment rounds; after the first, each samples fresh scenes with the current policy
+    rounds: int = 5  # alignment rounds; after the first, each samples fresh scenes with the current policy
     # Fraction of each round's training scenes asked a yes/no existence question instead of "Describe the
     # image." (the grounding judge scores the answer against the scene's objects): keeps the short-answer
     # skill that POPE measures from drifting while the captions are aligned (see recipes/rlaif.py).
@@ -183,7 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="also write the demo report JSON here")
     parser.add_argument("--plot", default=None, help="PNG plot path (default: RUN/demo.png)")
     parser.add_argument("--quick", action="store_true", help="reduced run for smoke tests (seconds, not minutes)")
-    parser.add_argument("--rounds", type=int, default=None, help="alignment rounds (default 3; --quick: 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="alignment rounds (default 5; --quick: 2)")
     parser.add_argument("--qa-fraction", type=float, default=None,
                         help=f"fraction of each round's prompts that are yes/no existence questions "
                              f"(default {TOY_QA_FRACTION}; 0 = captions only)")

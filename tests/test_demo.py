@@ -95,12 +95,16 @@ def test_alignment_lowers_hallucination_and_keeps_recall_and_pope(tmp_path):
     a judge that rewards inventions or pairs built the wrong way round all fail here."""
     from halign.recipes.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=str(tmp_path / "run"), eval_scenes=100, val_scenes=60, dpo_scenes=200, k=4, rounds=1)
+    # Two epochs over the one round's pairs: the demo's one epoch a round moves this small a round too little
+    # to tell a right sign from noise.
+    dpo = {**DemoConfig().dpo, "num_train_epochs": 2}
+    cfg = DemoConfig(out=str(tmp_path / "run"), eval_scenes=100, val_scenes=60, dpo_scenes=200, k=4, rounds=1,
+                     dpo=dpo)
     report = run_demo(cfg, progress=False, log=lambda *_: None)
     before, after = report["before"], report["after"]
     assert report["kept_round"] == 1  # the gate kept the trained round
     assert before["chair_i"] >= 0.15  # the shipped checkpoint hallucinates ...
-    # ... less now (one small round: 0.68x on CHAIR_i here; the full demo's three rounds reach ~0.2x)
+    # ... less now (one small round: 0.68x on CHAIR_i here; the full demo's five rounds reach 0.1-0.35x)
     assert after["chair_i"] <= 0.8 * before["chair_i"] and after["chair_s"] <= 0.8 * before["chair_s"]
     assert after["recall"] >= before["recall"] - 0.03
     assert report["pope"]["after"]["accuracy"] >= report["pope"]["before"]["accuracy"] - 0.02
