@@ -16,23 +16,43 @@ def _existing(path: Path) -> Path | None:
 def write_kept_html(run_dir: str | Path, summary: dict) -> Path:
     """RUN/report.html of a run that keeps one round (`eval.rounds: kept`, as `halign demo` and `halign rlaif`
     run): the test records before alignment vs the round the gate kept (captions and, where scored, POPE),
-    that round's judgments, and the validation-per-round plot."""
+    that round's judgments, and the validation-per-round plot. When the gate kept round 0, no aligned model was
+    scored on the test records, so the page compares on the validation records instead (_round_0_kept_pages)."""
     from halign.recipes.compare import run_compare
 
     run_dir, kept = Path(run_dir), summary["kept_round"]
     first = run_dir / "round_1" / "eval"
-    after = run_dir / f"round_{kept}" / "eval" / "report_after.json" if kept else first / "report_before.json"
-    pope_after = after.parent / ("pope_after.json" if kept else "pope_before.json")
-    judged = run_dir / f"round_{max(1, kept)}"  # round 0 is the base model: nothing was judged for it
     plot = run_dir / "rounds.png"
-    pope = [first / "pope_before.json", pope_after]
-    run_compare([first / "report_before.json", after], run_dir / "compare", html=run_dir / "report.html",
+    plots = [("validation per round", plot.read_bytes())] if plot.exists() else []
+    if kept:
+        after = run_dir / f"round_{kept}" / "eval" / "report_after.json"
+        pages = ([first / "report_before.json", after], [first / "pope_before.json", after.parent / "pope_after.json"],
+                 ["before", f"round {kept} (kept)"], kept)
+    else:
+        pages = _round_0_kept_pages(run_dir, summary)
+    reports, pope, labels, judged_round = pages
+    judged = run_dir / f"round_{judged_round}"
+    run_compare(reports, run_dir / "compare", html=run_dir / "report.html",
                 pope=pope if all(p.exists() for p in pope) else None,
                 judgments=_existing(judged / "judge" / "judgments.jsonl"),
                 candidates=_existing(judged / "sample" / "candidates.jsonl"),
-                extra_plots=[("validation per round", plot.read_bytes())] if plot.exists() else [],
-                labels=["before", f"round {kept} (kept)"])
+                extra_plots=plots, labels=labels)
     return run_dir / "report.html"
+
+
+def _round_0_kept_pages(run_dir: Path, summary: dict):
+    """(reports, POPE reports, labels, judged round) when the gate kept round 0: the validation records, round 0
+    against the round with the best gate metric (the one a user wants to see why it was passed over). The test
+    records stay unlooked-at for every aligned round, as the gate's contract says."""
+    from halign.recipes.scoring import YES_NO_NAMES
+
+    metric = summary["gate"]["settings"]["metric"]
+    rounds = [v for v in summary["validation"] if v["round"] > 0]
+    best = min(rounds, key=lambda v: (v[metric], v["round"]))["round"]
+    folders = [run_dir / "validation" / "round_0", run_dir / f"round_{best}" / "validation"]
+    yes_no = next((n for n in YES_NO_NAMES.values() if (folders[0] / f"{n}.json").exists()), "pope")
+    return ([f / "report.json" for f in folders], [f / f"{yes_no}.json" for f in folders],
+            ["round 0 (kept, validation)", f"round {best} (passed over, validation)"], best)
 
 
 def write_run_html(cfg: dict, run_dir: str | Path) -> Path | None:

@@ -2,6 +2,7 @@
 the shipped checkpoint shows the direction (hallucination falls, recall and POPE hold)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -103,6 +104,9 @@ def test_alignment_lowers_hallucination_and_keeps_recall_and_pope(tmp_path):
     report = run_demo(cfg, progress=False, log=lambda *_: None)
     before, after = report["before"], report["after"]
     assert report["kept_round"] == 1  # the gate kept the trained round
+    from test_html_report_runs import page_data  # tests/ is on sys.path
+
+    assert page_data(Path(report["html"]))["labels"] == ["before", "round 1 (kept)"]  # the page: test records
     assert before["chair_i"] >= 0.15  # the shipped checkpoint hallucinates ...
     # ... less now (one small round: 0.68x on CHAIR_i here; the full demo's five rounds reach 0.1-0.35x)
     assert after["chair_i"] <= 0.8 * before["chair_i"] and after["chair_s"] <= 0.8 * before["chair_s"]

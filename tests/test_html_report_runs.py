@@ -65,8 +65,19 @@ def test_demo_writes_its_report_page(tmp_path, tiny_checkpoint):
     report = run_demo(cfg, progress=False, log=lambda *_: None)
     data = page_data(tmp_path / "demo" / "report.html")
     assert report["html"] == str(tmp_path / "demo" / "report.html")
-    assert data["labels"] == ["before", f"round {report['kept_round']} (kept)"]
-    assert data["n_items"] == report["test_n"] == 24
-    assert data["pope"]["n"] == len(json.loads((tmp_path / "demo" / "round_1" / "eval" / "pope_before.json").read_text())
-                                    ["per_item"])
+    if report["kept_round"]:  # (tests/test_demo.py's one-round run keeps round 1 and checks this page too)
+        assert data["labels"] == ["before", f"round {report['kept_round']} (kept)"]
+        assert data["n_items"] == report["test_n"] == 24
+        assert data["pope"]["n"] == len(json.loads((tmp_path / "demo" / "round_1" / "eval" / "pope_before.json")
+                                        .read_text())["per_item"])
     assert data["judge"]["n"] > 0 and all(src for src in data["images"])
+
+    # Had the gate kept round 0, no aligned model would have been scored on the test records: the page then
+    # compares round 0 with the passed-over round on the validation records, never on the test records.
+    from halign.recipes.html_runs import write_kept_html
+
+    summary = json.loads((tmp_path / "demo" / "rounds.json").read_text()) | {"kept_round": 0}
+    write_kept_html(tmp_path / "demo", summary)
+    data = page_data(tmp_path / "demo" / "report.html")
+    assert data["labels"] == ["round 0 (kept, validation)", "round 1 (passed over, validation)"]
+    assert data["n_items"] == report["validation_n"] == 24 and data["pope"]["n"] == 6 * 24
