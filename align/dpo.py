@@ -178,6 +178,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         keep = keep + [c for c in ("prompt_id",) if c in dataset.column_names]  # names records in errors
     elif cfg.fast:
         print(f"fast DPO: falling back to trl's DPOTrainer ({why})")
+    if why and cfg.row_tokens:  # trl's trainer has one pair per row: say so rather than drop the setting silently
+        print(f"row_tokens={cfg.row_tokens} ignored: several pairs per row needs the fast DPO trainer")
     dataset = dataset.select_columns(keep)
     extra = {"mdpo": mdpo} if mdpo is not None else {}
     if trainer_cls is not DPOTrainer and cfg.row_tokens:

@@ -55,8 +55,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 def quiet_libraries() -> None:
     """Library chatter off (deprecation notices meant for library authors, per-load and per-dataset-write
     progress bars): what a user reads is halign's own progress bars, tables and errors."""
+    import logging
     import warnings
 
+    # DeepSpeed (where installed) warns on every import on a machine without a GPU that it runs on the CPU.
+    # A filter, not a level: DeepSpeed sets its logger's level itself when it creates it.
+    logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")  # a DataLoader default on machines without a GPU
     import datasets

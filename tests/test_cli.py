@@ -116,3 +116,20 @@ def test_judge_options_are_read_as_every_override():
         parse_option("judges.0=x")
     with pytest.raises(ValueError, match=r"--judge-option 'judges=\[x': the value is not valid YAML"):
         parse_option("judges=[x")
+
+
+def test_quiet_libraries_silences_deepspeeds_cpu_notice():
+    """DeepSpeed, where installed, warns on a machine without a GPU that it runs on the CPU; halign's commands
+    do not pass that on (the control run shows the notice is there to silence)."""
+    pytest.importorskip("deepspeed")
+    import torch
+
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    ask = "from deepspeed.accelerator import get_accelerator; get_accelerator()"
+    quiet = "from halign.recipes.cli import quiet_libraries; quiet_libraries(); " + ask
+    outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+               for code in (ask, quiet)]
+    notice = "Setting accelerator to CPU"
+    if not torch.cuda.is_available():
+        assert notice in outputs[0].stdout + outputs[0].stderr
+    assert notice not in outputs[1].stdout + outputs[1].stderr

@@ -228,8 +228,10 @@ def test_cli_no_fast_and_full_training_from_a_lora_folder(tiny_checkpoint, pairs
     from halign.recipes.cli import main
 
     common = ["--pairs", str(pairs_dataset), "dpo.max_steps=1", "dpo.per_device_train_batch_size=4"]
-    assert main(["train", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "lora"), "--no-fast", *common]) == 0
+    assert main(["train", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "lora"), "--no-fast",
+                 "--row-tokens", "512", *common]) == 0
     assert json.loads((tmp_path / "lora" / "manifest.json").read_text())["trainer"] == "DPOTrainer"
+    assert "row_tokens=512 ignored" in capsys.readouterr().out  # trl's trainer: one pair per row, said so
     assert main(["train", "--model", str(tmp_path / "lora"), "--out", str(tmp_path / "full"), "--full", *common]) == 0
     assert "merging" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "full" / "manifest.json").read_text())
