@@ -63,11 +63,12 @@ def test_demo_recipe_is_the_demo_and_rlaif_is_a_recipe(tmp_path):
 
     shipped = resolve(RECIPES / "demo.yaml")
     assert DemoConfig().rlaif_config().resolved() == shipped
-    assert _folders(shipped, tmp_path) == [f"round_{r}/{s}" for r in (1, 2, 3)
+    assert _folders(shipped, tmp_path) == [f"round_{r}/{s}" for r in range(1, 6)
                                            for s in ("sample", "judge", "omissions", "pairs", "train")]
     pairs = {"strategy": "gap", "min_gap": 1.0, "sample_num": 3, "balance_lengths": True}
     rlaif = RlaifConfig(model="toy", rounds=2, prompts_per_round=8, omission_negatives=True, pairs=pairs).resolved()
-    assert rlaif == resolve(RECIPES / "demo.yaml", ["rounds=2", "source.n=8"])
+    # (halign rlaif's toy default trains two epochs a round, the demo one)
+    assert rlaif == resolve(RECIPES / "demo.yaml", ["rounds=2", "source.n=8", "train.dpo.num_train_epochs=2"])
     assert rlaif["eval"]["rounds"] == "kept" and rounds.per_round_folders(rlaif)
     # One round with the gate: round folders too (the gate weighs round 1 against the model before it).
     one = RlaifConfig(model="toy", rounds=1).resolved()
