@@ -178,11 +178,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         keep = keep + [c for c in ("prompt_id",) if c in dataset.column_names]  # names records in errors
     elif cfg.fast:
         print(f"fast DPO: falling back to trl's DPOTrainer ({why})")
-    if why and cfg.row_tokens:  # trl's trainer has one pair per row: say so rather than drop the setting silently
-        print(f"row_tokens={cfg.row_tokens} ignored: several pairs per row needs the fast DPO trainer")
     dataset = dataset.select_columns(keep)
     extra = {"mdpo": mdpo} if mdpo is not None else {}
-    if trainer_cls is not DPOTrainer and cfg.row_tokens:
+    if cfg.row_tokens and why:  # trl's trainer has one pair per row: say so rather than drop the setting silently
+        print(f"row_tokens={cfg.row_tokens} ignored: several pairs per row needs the fast DPO trainer")
+    elif cfg.row_tokens:
         extra["row_tokens"] = cfg.row_tokens
     trainer = trainer_cls(model=model, args=dpo_config, train_dataset=dataset, processing_class=processor,
                           peft_config=lora_config, data_collator=collator, **extra)

@@ -30,7 +30,6 @@ def validate(ctx, base: str, records: list[dict]) -> list[dict]:
     records_key = stable_hash(records)
     history = []
     folders = [run_dir / "validation" / "round_0"] + [d / "validation" for d in round_dirs(cfg, run_dir)]
-    base_items = None  # round 0's per-item results, read once: every round's change is paired against them
     for r, folder in enumerate(folders):
         policy = base if r == 0 else str(policy_path(cfg, folder.parent))
         identity = {"policy": policy, "train_key": None if r == 0 else _train_key(folder.parent),
@@ -39,9 +38,9 @@ def validate(ctx, base: str, records: list[dict]) -> list[dict]:
         metrics = cached_scores(folder, identity, lambda: score_into(
             folder, policy, records, stages.eval_metric(cfg), label, ctx.progress, **stages.score_kwargs(cfg)))
         entry = {"round": r, "policy": policy, **metrics}
-        if r:
-            if base_items is None:
-                base_items = _paired_items(folders[0])
+        if r == 0:  # round 0's per-item results, read once: every round's change is paired against them
+            base_items = _paired_items(folder)
+        else:
             entry |= round_facts(folder.parent) | change_errors(base_items, folder)
         history.append(entry)
     return history

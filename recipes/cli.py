@@ -52,6 +52,10 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _not_deepspeed_cpu_notice(record) -> bool:
+    return "Setting accelerator to CPU" not in record.getMessage()
+
+
 def quiet_libraries() -> None:
     """Library chatter off (deprecation notices meant for library authors, per-load and per-dataset-write
     progress bars): what a user reads is halign's own progress bars, tables and errors."""
@@ -59,8 +63,9 @@ def quiet_libraries() -> None:
     import warnings
 
     # DeepSpeed (where installed) warns on every import on a machine without a GPU that it runs on the CPU.
-    # A filter, not a level: DeepSpeed sets its logger's level itself when it creates it.
-    logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())
+    # A filter, not a level: DeepSpeed sets its logger's level itself when it creates it. One named function, so
+    # repeated calls (tests run many commands in one process) add it once.
+    logging.getLogger("DeepSpeed").addFilter(_not_deepspeed_cpu_notice)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")  # a DataLoader default on machines without a GPU
     import datasets

@@ -25,13 +25,12 @@ def write_kept_html(run_dir: str | Path, summary: dict) -> Path:
     plot = run_dir / "rounds.png"
     plots = [("validation per round", plot.read_bytes())] if plot.exists() else []
     if kept:
-        after = run_dir / f"round_{kept}" / "eval" / "report_after.json"
-        pages = ([first / "report_before.json", after], [first / "pope_before.json", after.parent / "pope_after.json"],
-                 ["before", f"round {kept} (kept)"], kept)
+        after = run_dir / f"round_{kept}" / "eval"
+        reports = [first / "report_before.json", after / "report_after.json"]
+        pope = [first / "pope_before.json", after / "pope_after.json"]
+        labels, judged = ["before", f"round {kept} (kept)"], run_dir / f"round_{kept}"
     else:
-        pages = _round_0_kept_pages(run_dir, summary)
-    reports, pope, labels, judged_round = pages
-    judged = run_dir / f"round_{judged_round}"
+        reports, pope, labels, judged = _round_0_kept_pages(run_dir, summary)
     run_compare(reports, run_dir / "compare", html=run_dir / "report.html",
                 pope=pope if all(p.exists() for p in pope) else None,
                 judgments=_existing(judged / "judge" / "judgments.jsonl"),
@@ -41,9 +40,9 @@ def write_kept_html(run_dir: str | Path, summary: dict) -> Path:
 
 
 def _round_0_kept_pages(run_dir: Path, summary: dict):
-    """(reports, POPE reports, labels, judged round) when the gate kept round 0: the validation records, round 0
-    against the round with the best gate metric (the one a user wants to see why it was passed over). The test
-    records stay unlooked-at for every aligned round, as the gate's contract says."""
+    """(reports, POPE reports, labels, the judged round's folder) when the gate kept round 0: the validation
+    records, round 0 against the round with the best gate metric (the one a user wants to see why it was passed
+    over). The test records stay unlooked-at for every aligned round, as the gate's contract says."""
     from halign.recipes.scoring import YES_NO_NAMES
 
     metric = summary["gate"]["settings"]["metric"]
@@ -52,7 +51,7 @@ def _round_0_kept_pages(run_dir: Path, summary: dict):
     folders = [run_dir / "validation" / "round_0", run_dir / f"round_{best}" / "validation"]
     yes_no = next((n for n in YES_NO_NAMES.values() if (folders[0] / f"{n}.json").exists()), "pope")
     return ([f / "report.json" for f in folders], [f / f"{yes_no}.json" for f in folders],
-            ["round 0 (kept, validation)", f"round {best} (passed over, validation)"], best)
+            ["round 0 (kept, validation)", f"round {best} (passed over, validation)"], run_dir / f"round_{best}")
 
 
 def write_run_html(cfg: dict, run_dir: str | Path) -> Path | None:
