@@ -1,10 +1,15 @@
 """The moving toy world: short clips of the toy world's shapes, with exact ground truth over time.
 
 Each clip (8-16 frames by default, at `fps` frames per second) follows a few shapes, each a *track*: it
-appears at its `enter` frame, glides in a straight line from one point of the canvas to another, and is gone
-from its `leave` frame on (`leave == num_frames`: still there at the end). No two tracks enter on the same
-frame, so "which appeared first" always has one answer. Like the image toy world (toy_world.py), each clip
-has
+appears at its `enter` frame, travels along a straight line from one point of the canvas to another, and is
+gone from its `leave` frame on (`leave == num_frames`: still there at the end). No two tracks enter on the
+same frame, so "which appeared first" always has one answer. A shape moves from grid cell to grid cell: on
+each frame it is drawn at the centre of the cell its path has reached, and no two shapes share a cell on a
+frame. So, as in the image world, a cell holds one whole shape, and with LLaVA-NeXT-Video's 2 x 2 pooling one
+video token sees one shape. Shapes gliding pixel by pixel straddle cells and tokens, and the tiny
+checkpoint's vision tower barely tells them apart (tests/benchmarks/video_perception_probe.py: held-out frames
+named exactly, gliding vs cell to cell: PROBE_NUMBERS); a checkpoint trained on gliding clips mostly misread
+shapes, errors no preference pair can fix. Like the image toy world (toy_world.py), each clip has
   (a) exact ground truth: every track's shape, colour, size, frames and path,
   (b) an accurate detailed caption naming the objects in order of appearance, where each starts and ends,
       and whether it leaves: what a judge sees,
@@ -14,7 +19,7 @@ has
   (d) questions with their true answers: temporal order ("Does the star appear after the circle?") between
       two present shapes, the same about an absent co-occurrence partner (answer No: it never appears, the
       adversarial case), whether a shape is still there at the end, and existence.
-Shapes are drawn with toy_world.draw_objects, later entries on top. Everything is seeded per clip (hash
+Shapes are drawn with toy_world.draw_objects. Everything is seeded per clip (hash
 of seed, "video-" + split, index), a stream of its own: clip i of a split is the same whatever else is made.
 """
 
@@ -122,10 +127,35 @@ def _sample_tracks(cfg: ToyVideoConfig, rng: random.Random, num_frames: int) -> 
         size = rng.randint(max(3, cell * 5 // 16), max(4, cell * 7 // 16))
         leave = num_frames if rng.random() < 0.5 else rng.randint(enter + cfg.min_visible, num_frames)
         low, high = size + 1, cfg.world.image_size - size - 2
-        start = (rng.randint(low, high), rng.randint(low, high))
-        end = (rng.randint(low, high), rng.randint(low, high))
-        tracks.append(Track(shape, rng.choice(cfg.world.colors), size, enter, leave, start, end))
+        color = rng.choice(cfg.world.colors)
+        # Paths are redrawn until no frame puts this shape in a cell another shape holds (a shape hidden under
+        # another would make the caption say more than the frames show). A free path always exists within a
+        # few tries: at most three other shapes, each in one cell a frame, on a 3 x 3 grid.
+        for _ in range(_PATH_TRIES):
+            start = (rng.randint(low, high), rng.randint(low, high))
+            end = (rng.randint(low, high), rng.randint(low, high))
+            track = Track(shape, color, size, enter, leave, start, end)
+            if not any(_share_a_cell(cfg, track, other) for other in tracks):
+                break
+        else:
+            raise RuntimeError(f"toy video: no free path for a {shape} in {_PATH_TRIES} tries")
+        tracks.append(track)
     return tracks
+
+
+_PATH_TRIES = 1000
+
+
+def track_cell(cfg: ToyVideoConfig, track: Track, frame: int) -> tuple[int, int]:
+    """(row, col) of the grid cell the track's path has reached on `frame`."""
+    cell = cfg.world.image_size // cfg.world.grid
+    cx, cy = track.centre(frame)
+    return min(cy // cell, cfg.world.grid - 1), min(cx // cell, cfg.world.grid - 1)
+
+
+def _share_a_cell(cfg: ToyVideoConfig, a: Track, b: Track) -> bool:
+    return any(track_cell(cfg, a, f) == track_cell(cfg, b, f)
+               for f in range(max(a.enter, b.enter), min(a.leave, b.leave)))
 
 
 def make_clip(cfg: ToyVideoConfig, split: str, index: int) -> Clip:
@@ -200,10 +230,10 @@ def clip_questions(cfg: ToyVideoConfig, clip: Clip, rng: random.Random) -> list[
 # ---------------------------------------------------------------------------------------------- drawing
 
 def _as_object(cfg: ToyVideoConfig, track: Track, frame: int) -> ToyObject:
-    cx, cy = track.centre(frame)
+    """The track on `frame`, drawn at the centre of the cell its path has reached."""
     cell = cfg.world.image_size // cfg.world.grid
-    row, col = min(cy // cell, cfg.world.grid - 1), min(cx // cell, cfg.world.grid - 1)
-    return ToyObject(track.shape, track.color, row, col, cx, cy, track.size)
+    row, col = track_cell(cfg, track, frame)
+    return ToyObject(track.shape, track.color, row, col, col * cell + cell // 2, row * cell + cell // 2, track.size)
 
 
 def draw_frames(cfg: ToyVideoConfig, clip: Clip) -> list[Image.Image]:

@@ -13,10 +13,18 @@ def _existing(path: Path) -> Path | None:
     return path if path.exists() else None
 
 
+def _yes_no_name(folder: Path, suffix: str = "") -> str:
+    """Which yes/no benchmark a run scored, by its file in `folder`: `pope` for scenes, `qa` for clips (the
+    names recipes/scoring.py writes, with `suffix` such as "_before"); `pope` when neither is there."""
+    from halign.recipes.scoring import YES_NO_NAMES
+
+    return next((n for n in YES_NO_NAMES.values() if (folder / f"{n}{suffix}.json").exists()), "pope")
+
+
 def write_kept_html(run_dir: str | Path, summary: dict) -> Path:
     """RUN/report.html of a run that keeps one round (`eval.rounds: kept`, as `halign demo` and `halign rlaif`
-    run): the test records before alignment vs the round the gate kept (captions and, where scored, POPE),
-    that round's judgments, and the validation-per-round plot. When the gate kept round 0, no aligned model was
+    run): the test records before alignment vs the round the gate kept (captions and, where scored, POPE or
+    the clip questions), that round's judgments, and the validation-per-round plot. When the gate kept round 0, no aligned model was
     scored on the test records, so the page compares on the validation records instead (_round_0_kept_pages)."""
     from halign.recipes.compare import run_compare
 
@@ -27,7 +35,8 @@ def write_kept_html(run_dir: str | Path, summary: dict) -> Path:
     if kept:
         after = run_dir / f"round_{kept}" / "eval"
         reports = [first / "report_before.json", after / "report_after.json"]
-        pope = [first / "pope_before.json", after / "pope_after.json"]
+        yes_no = _yes_no_name(first, "_before")
+        pope = [first / f"{yes_no}_before.json", after / f"{yes_no}_after.json"]
         labels, judged = ["before", f"round {kept} (kept)"], run_dir / f"round_{kept}"
     else:
         reports, pope, labels, judged = _round_0_kept_pages(run_dir, summary)
@@ -43,13 +52,11 @@ def _round_0_kept_pages(run_dir: Path, summary: dict):
     """(reports, POPE reports, labels, the judged round's folder) when the gate kept round 0: the validation
     records, round 0 against the round with the best gate metric (the one a user wants to see why it was passed
     over). The test records stay unlooked-at for every aligned round, as the gate's contract says."""
-    from halign.recipes.scoring import YES_NO_NAMES
-
     metric = summary["gate"]["settings"]["metric"]
     rounds = [v for v in summary["validation"] if v["round"] > 0]
     best = min(rounds, key=lambda v: (v[metric], v["round"]))["round"]
     folders = [run_dir / "validation" / "round_0", run_dir / f"round_{best}" / "validation"]
-    yes_no = next((n for n in YES_NO_NAMES.values() if (folders[0] / f"{n}.json").exists()), "pope")
+    yes_no = _yes_no_name(folders[0])
     return ([f / "report.json" for f in folders], [f / f"{yes_no}.json" for f in folders],
             ["round 0 (kept, validation)", f"round {best} (passed over, validation)"], run_dir / f"round_{best}")
 

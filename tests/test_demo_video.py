@@ -39,6 +39,21 @@ def test_video_demo_reports_both_metrics_before_and_after(video_demo):
     assert (run / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_video_demo_page_has_the_clip_questions(video_demo):
+    """The run's report page carries the clip-question panel (the `qa_*` reports), whichever round was kept."""
+    from test_html_report import page_data  # tests/ is on sys.path (pytest's default "prepend" import mode)
+
+    report = json.loads((video_demo / "report.json").read_text())
+    data = page_data(video_demo / "run" / "report.html")
+    if report["kept_round"]:
+        questions = json.loads((video_demo / "run" / "round_1" / "eval" / "qa_before.json").read_text())
+        assert data["labels"] == ["before", f"round {report['kept_round']} (kept)"]
+    else:
+        questions = json.loads((video_demo / "run" / "validation" / "round_0" / "qa.json").read_text())
+        assert data["labels"][0] == "round 0 (kept, validation)"
+    assert data["pope"]["n"] == len(questions["per_item"]) > 0
+
+
 def test_video_demo_ran_every_stage_on_native_video(video_demo):
     run = video_demo / "run" / "round_1"
     for stage in ("sample", "judge", "pairs", "train"):

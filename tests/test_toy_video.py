@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from halign.data_gen.toy_video import (
-    ToyVideoConfig, detailed_caption, draw_frames, make_clip, make_clips, write_clips,
+    ToyVideoConfig, detailed_caption, draw_frames, make_clip, make_clips, track_cell, track_phrase, write_clips,
 )
 from halign.data_gen.toy_world import BACKGROUND, COLORS, SHAPES, ToyWorldConfig
 
@@ -138,3 +138,26 @@ def test_toy_video_source_feeds_native_video_inputs(tmp_path):
         assert torch.isfinite(model(**inputs).logits).all()
     with pytest.raises(ValueError, match="unknown key"):
         load_source({"type": "toy_video", "out": str(tmp_path), "frames": 3})
+
+
+def test_shapes_move_from_cell_to_cell_one_shape_a_cell():
+    """Each frame shows a visible track whole at the centre of the cell its path has reached, never two in one
+    cell; tracks still move (many visit several cells), and the caption's "from ... to" cells are the cells
+    of the track's first and last frames."""
+    cell = CFG.world.image_size // CFG.world.grid
+    cells_visited = []
+    for clip in make_clips(CFG, "train", 60):
+        for index, frame in enumerate(draw_frames(CFG, clip)):
+            pixels = np.asarray(frame)
+            visible = [t for t in clip.tracks if t.visible(index)]
+            cells = [track_cell(CFG, t, index) for t in visible]
+            assert len(set(cells)) == len(cells), (clip.id, index)
+            for t, (row, col) in zip(visible, cells):
+                centre = pixels[row * cell + cell // 2, col * cell + cell // 2]
+                assert tuple(centre) == COLORS[t.color], (clip.id, index, t.shape)
+        for t in clip.tracks:
+            cells_visited.append(len({track_cell(CFG, t, f) for f in range(t.enter, t.leave)}))
+            phrase = track_phrase(CFG, t, clip.num_frames)
+            first, last = track_cell(CFG, t, t.enter), track_cell(CFG, t, t.leave - 1)
+            assert ("stays" in phrase) == (first == last), phrase
+    assert sum(n > 1 for n in cells_visited) > len(cells_visited) / 2
