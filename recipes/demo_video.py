@@ -51,7 +51,8 @@ class VideoDemoConfig:
     # the image demo's learning rate: every round here trades recall for CHAIR at about the same rate (the
     # checkpoint names a co-occurrence partner after its mate whether or not it is on screen, and DPO teaches
     # it to name the partner less, present or not), so smaller steps are what lets a round stay within the
-    # gate's recall tolerance (README: 1e-3 and a 3x SFT weight, one round each, both fell 2.2 points).
+    # gate's recall tolerance (README: at 1e-3, with or without a 3x SFT weight, round 1's recall fell 2.1-2.2
+    # points, outside it).
     dpo: dict = field(default_factory=lambda: {
         "beta": 0.1, "learning_rate": 5e-4, "num_train_epochs": 1, "per_device_train_batch_size": 16,
         "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0],

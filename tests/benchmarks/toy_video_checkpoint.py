@@ -47,7 +47,17 @@ def score(checkpoint: Path, cfg: ToyVideoCheckpointConfig, clips: int, out_dir: 
     for item in chair["per_item"]:
         for shape in item["hallucinated"]:
             kinds["partner" if any(shape in partners[s] for s in item["ground_truth"]) else "other"] += 1
-    return {"chair": chair, "qa": qa, "hallucinated_by_kind": dict(kinds),
+    # Does the model look before it names a partner? For each shape on screen that has a co-occurrence partner:
+    # how often the caption names that partner when it is on screen too, and when it is not.
+    partner_named = {"on screen": [0, 0], "absent": [0, 0]}  # [named, cases]
+    for item in chair["per_item"]:
+        on_screen, named = set(item["ground_truth"]), set(item["mentions"])
+        for shape in on_screen:
+            for partner in partners[shape]:
+                counts = partner_named["on screen" if partner in on_screen else "absent"]
+                counts[0] += partner in named
+                counts[1] += 1
+    return {"chair": chair, "qa": qa, "hallucinated_by_kind": dict(kinds), "partner_named": partner_named,
             "examples": [{"caption": r["caption"], "response": resp["text"], "noisy_sft_style": r["noisy_caption"]}
                          for r, resp in list(zip(records, responses))[:5]]}
 
@@ -61,6 +71,9 @@ def table(result: dict, build: dict) -> str:
              f"mean length {chair['mean_len']:.1f} words",
              f"  hallucinated mentions: {result['hallucinated_by_kind']} (partner: a co-occurrence partner of a "
              f"shape on screen)",
+             "  a shape's co-occurrence partner named: " + ", ".join(
+                 f"{where} {named}/{cases} ({named / max(cases, 1):.2f})"
+                 for where, (named, cases) in result["partner_named"].items()),
              f"questions ({qa['metrics']['n']}): accuracy {qa['metrics']['accuracy']:.3f} (mean over kinds), "
              f"yes-ratio {qa['metrics']['yes_ratio']:.3f}",
              "  kind           n   accuracy  yes-ratio  truth"]
