@@ -16,6 +16,28 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def import_model_classes(path: str | Path) -> None:
+    """Import the modeling modules of a checkpoint's model and of its sub-models (text, vision) now.
+
+    Why: under DeepSpeed ZeRO-3, from_pretrained builds the model inside `zero.Init`, which wraps the __init__
+    of every nn.Module subclass while it is open and puts back the one it found when it closes. LLaVA-style
+    models import their text model lazily, inside that context; a class first defined there and decorated at
+    import (transformers 5.25 with `kernels` decorates attention classes with an __init__ that sets
+    `_kernel_funcs`) gets its undecorated __init__ back on exit, and every model built afterwards (trl's
+    reference copy in full-parameter training) fails in forward: "object has no attribute '_kernel_funcs'".
+    Imported beforehand, the class is complete before any context wraps it."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, MODEL_MAPPING
+
+    config = AutoConfig.from_pretrained(str(path))
+    configs = [config] + [getattr(config, name) for name in getattr(config, "sub_configs", {})
+                          if getattr(config, name, None) is not None]
+    for sub in configs:
+        for mapping in (MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, MODEL_MAPPING):
+            if type(sub) in mapping:
+                mapping[type(sub)]  # a lazy mapping: looking the class up imports its module
+
+
 def load_policy(path: str | Path, dtype: str = "float32", device: str | None = None, adapter: str | Path | None = None,
                 quantization_config=None):
     """(model, processor) in eval mode. `adapter` is an optional PEFT adapter folder to apply on top;
@@ -34,6 +56,7 @@ def load_policy(path: str | Path, dtype: str = "float32", device: str | None = N
 
         adapter, path = path, json.loads(adapter_config.read_text())["base_model_name_or_path"]
     processor = load_processor(adapter or path)
+    import_model_classes(path)
     if quantization_config is not None:
         from halign.align.qlora import device_map
 
