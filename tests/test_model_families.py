@@ -140,3 +140,19 @@ def test_paligemma_collator_marks_completions_as_suffix():
     # The completion "a red circle ." ends with <eos>, as PaliGemma's own `suffix=` encoding does.
     eos = processor.tokenizer.eos_token_id
     assert batch["input_ids"][0][completion[0]].tolist()[-1] == eos
+
+
+def test_model_classes_are_imported_before_loading(tiny_checkpoint):
+    """load_policy imports the checkpoint's model classes and its sub-models' (LLaVA: CLIP and Llama) before
+    from_pretrained, so under DeepSpeed ZeRO-3 no class is first defined inside zero.Init (align/model.py:
+    import_model_classes; tests/test_deepspeed_cpu.py's zero3-full case is the end-to-end check). A fresh
+    interpreter, since this session has imported them already."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from halign.align.model import import_model_classes; "
+            f"import_model_classes({str(tiny_checkpoint)!r}); "
+            "print(' '.join(m for m in ('llava', 'clip', 'llama') "
+            "if f'transformers.models.{m}.modeling_{m}' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["llava", "clip", "llama"]
