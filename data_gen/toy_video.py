@@ -57,6 +57,8 @@ class ToyVideoConfig:
             raise ValueError("toy video: need 2 <= min_frames <= max_frames")
         if not 1 <= self.min_objects <= self.max_objects <= len(self.world.shapes):
             raise ValueError("toy video: need 1 <= min_objects <= max_objects <= number of shapes")
+        if self.max_objects > self.world.grid ** 2:
+            raise ValueError("toy video: max_objects must fit one shape a grid cell (at most grid x grid)")
         if not 1 <= self.min_visible <= self.min_frames - self.max_objects + 1:
             raise ValueError("toy video: min_visible frames must fit after the last track's entry "
                              "(min_visible <= min_frames - max_objects + 1)")
@@ -69,13 +71,14 @@ class Track:
     size: int  # half-extent in pixels
     enter: int  # first frame on screen
     leave: int  # first frame no longer on screen (num_frames if it stays to the end)
-    start: tuple[int, int]  # centre (x, y) on its first frame
-    end: tuple[int, int]  # centre on its last frame
+    start: tuple[int, int]  # path point (x, y) on its first frame; the shape is drawn at the centre of its cell
+    end: tuple[int, int]  # path point on its last frame
 
     def visible(self, frame: int) -> bool:
         return self.enter <= frame < self.leave
 
-    def centre(self, frame: int) -> tuple[int, int]:
+    def path_point(self, frame: int) -> tuple[int, int]:
+        """Where the straight path is on `frame`; the shape is drawn at the centre of this point's cell."""
         span = self.leave - 1 - self.enter
         progress = (frame - self.enter) / span if span else 0.0
         return (round(self.start[0] + (self.end[0] - self.start[0]) * progress),
@@ -150,7 +153,7 @@ _PATH_TRIES = 1000
 def track_cell(cfg: ToyVideoConfig, track: Track, frame: int) -> tuple[int, int]:
     """(row, col) of the grid cell the track's path has reached on `frame`."""
     cell = cfg.world.image_size // cfg.world.grid
-    cx, cy = track.centre(frame)
+    cx, cy = track.path_point(frame)
     return min(cy // cell, cfg.world.grid - 1), min(cx // cell, cfg.world.grid - 1)
 
 

@@ -29,7 +29,7 @@ from halign.data_gen.toy_world import ToyObject, draw_objects
 
 def gliding_frames(cfg: toy_video.ToyVideoConfig, clip: toy_video.Clip):
     """The clip with each shape at its path's exact pixel position (the drawing the world no longer uses)."""
-    return [draw_objects(cfg.world, [ToyObject(t.shape, t.color, 0, 0, *t.centre(f), t.size)
+    return [draw_objects(cfg.world, [ToyObject(t.shape, t.color, 0, 0, *t.path_point(f), t.size)
                                      for t in clip.tracks if t.visible(f)]) for f in range(clip.num_frames)]
 
 
