@@ -127,6 +127,7 @@ def _sample_tracks(cfg: ToyVideoConfig, rng: random.Random, num_frames: int) -> 
         enters[0] = 0  # often something is there from the start (entries stay distinct: they are sorted)
     cell = cfg.world.image_size // cfg.world.grid
     tracks = []
+    occupied: set[tuple[int, tuple[int, int]]] = set()  # (frame, cell) pairs a placed shape holds
     for shape, enter in zip(shapes, enters):
         size = rng.randint(max(3, cell * 5 // 16), max(4, cell * 7 // 16))
         leave = num_frames if rng.random() < 0.5 else rng.randint(enter + cfg.min_visible, num_frames)
@@ -139,10 +140,12 @@ def _sample_tracks(cfg: ToyVideoConfig, rng: random.Random, num_frames: int) -> 
             start = (rng.randint(low, high), rng.randint(low, high))
             end = (rng.randint(low, high), rng.randint(low, high))
             track = Track(shape, color, size, enter, leave, start, end)
-            if not any(_share_a_cell(cfg, track, other) for other in tracks):
+            cells = {(f, track_cell(cfg, track, f)) for f in range(enter, leave)}
+            if not cells & occupied:
                 break
         else:
             raise RuntimeError(f"toy video: no free path for a {shape} in {_PATH_TRIES} tries")
+        occupied |= cells
         tracks.append(track)
     return tracks
 
@@ -155,11 +158,6 @@ def track_cell(cfg: ToyVideoConfig, track: Track, frame: int) -> tuple[int, int]
     cell = cfg.world.image_size // cfg.world.grid
     cx, cy = track.path_point(frame)
     return min(cy // cell, cfg.world.grid - 1), min(cx // cell, cfg.world.grid - 1)
-
-
-def _share_a_cell(cfg: ToyVideoConfig, a: Track, b: Track) -> bool:
-    return any(track_cell(cfg, a, f) == track_cell(cfg, b, f)
-               for f in range(max(a.enter, b.enter), min(a.leave, b.leave)))
 
 
 def make_clip(cfg: ToyVideoConfig, split: str, index: int) -> Clip:

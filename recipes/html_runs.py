@@ -24,8 +24,9 @@ def _yes_no_name(folder: Path, suffix: str = "") -> str:
 def write_kept_html(run_dir: str | Path, summary: dict) -> Path:
     """RUN/report.html of a run that keeps one round (`eval.rounds: kept`, as `halign demo` and `halign rlaif`
     run): the test records before alignment vs the round the gate kept (captions and, where scored, POPE or
-    the clip questions), that round's judgments, and the validation-per-round plot. When the gate kept round 0, no aligned model was
-    scored on the test records, so the page compares on the validation records instead (_round_0_kept_pages)."""
+    the clip questions), that round's judgments, and the validation-per-round plot. When the gate kept round
+    0, no aligned model was scored on the test records, so the page compares on the validation records
+    instead (_round_0_kept_pages)."""
     from halign.recipes.compare import run_compare
 
     run_dir, kept = Path(run_dir), summary["kept_round"]
