@@ -78,7 +78,11 @@ class HallucinationCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_n_steps == 0:
+            # trainer.log clears control.should_log, which would drop this step's own loss log (a run tracked
+            # every step logged no loss at all): keep what the trainer had decided.
+            should_log = control.should_log
             self._record(state, model)
+            control.should_log = should_log
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if not self.history or self.history[-1]["step"] != state.global_step:
@@ -93,3 +97,24 @@ class NanLossGuard(TrainerCallback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise FloatingPointError(f"non-finite training loss ({loss}) logged at step {state.global_step}")
+
+
+class CompactLogPrinter(TrainerCallback):
+    """Without a progress bar, one short line per logging step instead of the trainer's printed dict (a dozen
+    DPO statistics at four digits each): the step, the loss and the numbers a DPO run is judged by, then any
+    hallucination tracking numbers. The full dicts still reach log_history, train_log.json and every logger."""
+
+    SHOWN = (("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "margin"),
+             ("grad_norm", "grad norm"), ("learning_rate", "lr"))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_local_process_zero or not logs:
+            return
+        if "train_runtime" in logs:  # the trainer's closing summary
+            print(f"trained {state.global_step} steps in {logs['train_runtime']:.1f} s "
+                  f"(mean loss {logs.get('train_loss', float('nan')):.4f})")
+            return
+        parts = [f"{label} {float(logs[key]):.4g}" for key, label in self.SHOWN if key in logs]
+        parts += [f"{key} {float(value):.4g}" for key, value in logs.items() if key.startswith(PREFIX)]
+        if parts:
+            print(f"step {state.global_step}/{state.max_steps}: " + ", ".join(parts), flush=True)

@@ -186,9 +186,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         extra["row_tokens"] = cfg.row_tokens
     trainer = trainer_cls(model=model, args=dpo_config, train_dataset=dataset, processing_class=processor,
                           peft_config=lora_config, data_collator=collator, **extra)
-    from halign.align.callbacks import NanLossGuard
+    from transformers import PrinterCallback
+
+    from halign.align.callbacks import CompactLogPrinter, NanLossGuard
 
     trainer.add_callback(NanLossGuard())
+    if not progress:  # the trainer prints every log dict whole when its progress bar is off
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(CompactLogPrinter())
     if cfg.track:
         attach_tracking(trainer, cfg.track, processor, out)
     resume = None
@@ -196,7 +201,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         checkpoints = sorted((out / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
         resume = str(checkpoints[-1]) if checkpoints else None
         print(f"resuming from {resume}" if resume else "no checkpoint to resume from: starting fresh")
+    # The trainer's wandb callback opens a run when none is open and never finishes it, so the next round of
+    # an RLAIF loop would log into this run with its steps starting again at 0. One train() is one run; a
+    # run the caller opened stays open.
+    opens_wandb_run = reports_to_wandb(dpo_config) and open_wandb_run() is None
     result = trainer.train(resume_from_checkpoint=resume)
+    if opens_wandb_run and open_wandb_run() is not None:
+        open_wandb_run().finish()
     trainer.save_model(str(out))  # gathers ZeRO-3 shards; writes on the main process only
     if not trainer.accelerator.is_main_process:
         return out
@@ -210,6 +221,22 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         "trainer": type(trainer).__name__, "pair_check": pair_check, "zero_stage": zero_stage(trainer),
     })
     return out
+
+
+def reports_to_wandb(dpo_config) -> bool:
+    report_to = dpo_config.report_to or []
+    report_to = [report_to] if isinstance(report_to, str) else report_to
+    if "all" in report_to:
+        import importlib.util
+
+        return importlib.util.find_spec("wandb") is not None
+    return "wandb" in report_to
+
+
+def open_wandb_run():
+    import wandb
+
+    return wandb.run
 
 
 def zero_stage(trainer) -> int | None:
