@@ -26,6 +26,6 @@ def test_device_check_smoke_writes_its_summary(tmp_path):
         assert set(summary["ratios"][family]) == {"fast (sdpa)", "fast (sdpa, pairs per row)"}
         assert checks[f"timing/{family}/fast (sdpa, pairs per row)"]["rows"][0] == 1  # both pairs in one row
     assert "backward on CPU" in checks["timing/llava/fast (flex)"]["skipped"]  # flex trains on GPUs only
-    for name in ("zero2", "zero3", "qlora"):  # skipped (with the reason) or run; never silently absent
+    for name in ("zero2", "zero3", "qlora", "video_processor"):  # skipped (with the reason) or run, never absent
         assert name in checks
     assert "| agreement/llava/sdpa | ok |" in (tmp_path / "device_check.md").read_text()

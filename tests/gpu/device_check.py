@@ -13,6 +13,9 @@ Checks, each isolated (an error is recorded with its traceback and the next chec
   zero2 / zero3                   2 training steps through `halign train --accelerate-config zeroN` on the fast
                                   path (the manifest's trainer and ZeRO stage are recorded), if deepspeed imports
   qlora                           one QLoRA DPO step (halign.align.dpo.train, quantization=True), if bitsandbytes imports
+  video_processor                 halign's torchvision-free video inputs equal transformers' video processors
+                                  (Qwen2-VL and LLaVA-NeXT-Video at released settings), if torchvision imports
+                                  (tests/gpu/video_check.py)
 
 --smoke runs the same code on CPU at tiny sizes in seconds (tests/test_device_check.py), so the script cannot rot
 between GPU runs. No number here is written by hand: everything in the summary is measured by this run.
@@ -34,6 +37,8 @@ import traceback
 from pathlib import Path
 
 import torch
+
+from video_check import check_video_processor  # tests/gpu/, the script's own folder
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "benchmarks")]
@@ -267,7 +272,7 @@ def plan(ctx) -> list[tuple[str, callable]]:
         for side in ["trl (sdpa)", "fast (sdpa)", "fast (sdpa, pairs per row)"] + flex:
             checks.append((f"timing/{family}/{side}", lambda f=family, s=side: check_timing(ctx, f, s)))
     checks += [("zero2", lambda: check_zero(ctx, "zero2")), ("zero3", lambda: check_zero(ctx, "zero3")),
-               ("qlora", lambda: check_qlora(ctx))]
+               ("qlora", lambda: check_qlora(ctx)), ("video_processor", lambda: check_video_processor(ctx["smoke"]))]
     return checks
 
 
@@ -303,6 +308,10 @@ def markdown(summary: dict) -> str:
             text = (f"loss trl {record['trl_loss']:.5f} fast {record['fast_loss']:.5f} (|diff| {record['loss_abs_diff']:.1e}); "
                     f"grad rel err max {record['grad_rel_err_max']:.1e} ({record['worst_param']}), median "
                     f"{record['grad_rel_err_median']:.1e}")
+        elif name == "video_processor":
+            status = "ok" if record["ok"] else "DIFFERENT"
+            text = (f"{len(record['clips'])} clips, max abs difference {record['max_abs_diff']:.3g} "
+                    f"(torchvision {record['torchvision']})")
         elif name.startswith("timing"):
             status = "ok"
             text = (f"{record['seconds_per_step']:.3f} s/step, peak {record['peak_mib']:.0f} MiB, rows {record['rows']}, "
@@ -354,7 +363,7 @@ def main(argv=None) -> int:
     checks: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ctx = {"tmp": tmp, "dtype": "bfloat16" if cuda else "float32", "families": list(sizes),
+        ctx = {"tmp": tmp, "smoke": args.smoke, "dtype": "bfloat16" if cuda else "float32", "families": list(sizes),
                "batch": 2 if args.smoke else 8, "runs": 1 if args.smoke else 3, "ckpt": {}, "pairs": {},
                # Several pairs per row: room for about 4 pairs of 576 image tokens and two 100-200-token answers.
                "row_tokens": 512 if args.smoke else 4096,
