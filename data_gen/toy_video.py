@@ -19,7 +19,8 @@ has
       checkpoint fine-tuned on them hallucinates partners,
   (d) questions with their true answers: temporal order ("Does the star appear after the circle?") between
       two present shapes, the same about an absent co-occurrence partner (answer No: it never appears, the
-      adversarial case), whether a shape is still there at the end, and existence.
+      adversarial case), whether a shape is still there at the end, and existence (of a present shape, of
+      an absent one, and of an absent co-occurrence partner: the adversarial one, as POPE's).
 Shapes are drawn with toy_world.draw_objects. Everything is seeded per clip (hash
 of seed, "video-" + split, index), a stream of its own: clip i of a split is the same whatever else is made.
 """
@@ -226,6 +227,10 @@ def clip_questions(cfg: ToyVideoConfig, clip: Clip, rng: random.Random) -> list[
     ask("exists", EXISTS_TEMPLATE, (rng.choice(present),), True)
     if absent:
         ask("exists", EXISTS_TEMPLATE, (rng.choice(absent),), False)
+    # Adversarial existence, as POPE's: an absent co-occurrence partner of a present shape (always No). Asked
+    # last, so the clip's other questions stay what they were before this kind existed.
+    if partners:
+        ask("exists_partner", EXISTS_TEMPLATE, (rng.choice(partners)[0],), False)
     return questions
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from halign.data_gen.io import ensure_writable_dir, write_json
 
 METRICS = ("chair_s", "chair_i", "recall", "mean_len", "n")  # toy_video: CHAIR over the clip
-QA_KINDS = ("order", "order_absent", "still_there", "exists")  # toy_video_qa: accuracy per kind of question
+# toy_video_qa: accuracy per kind of question
+QA_KINDS = ("order", "order_absent", "still_there", "exists", "exists_partner")
 
 
 @dataclass

@@ -84,7 +84,7 @@ METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
                recipe_eval=True),
     MetricSpec("toy_video_qa", "toy_video_qa", "halign.rewards.toy_video_metrics.ToyVideoQAMetric",
                {"accuracy": HIGHER, "yes_ratio": NEITHER, "order_accuracy": HIGHER, "order_absent_accuracy": HIGHER,
-                "still_there_accuracy": HIGHER, "exists_accuracy": HIGHER}, YES_NO,
+                "still_there_accuracy": HIGHER, "exists_accuracy": HIGHER, "exists_partner_accuracy": HIGHER}, YES_NO,
                "temporal and existence questions on held-out toy clips: accuracy and yes-ratio per kind"),
     MetricSpec("chair", "chair", "halign.rewards.chair.ChairMetric", OBJECT_SUMMARY, CHAIR_OBJECTS,
                "CHAIR_s / CHAIR_i / recall on COCO-style captions", fixed_options={"id_key": "id", "caption_key": "text"},

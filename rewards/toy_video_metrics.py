@@ -9,7 +9,8 @@ Two metrics, registered in rewards/metrics.py:
   toy_video_qa      the clip's questions with their true answers (a clip record's `questions`): accuracy and
                     yes-ratio per kind (order: which of two present shapes appears after the other;
                     order_absent: the same about an absent co-occurrence partner, the adversarial case, always
-                    No; still_there; exists). Answers are parsed as POPE's reference does
+                    No; still_there; exists; exists_partner: whether an absent co-occurrence partner is
+                    there, always No). Answers are parsed as POPE's reference does
                     (rewards/pope.parse_pope_answer). The top-level accuracy and yes-ratio are the mean over
                     kinds, as toy POPE's are, so a kind with many questions does not hide a weak one.
 
@@ -24,7 +25,7 @@ from halign.rewards.object_hallucination import ObjectHallucinationMetric
 from halign.rewards.pope import parse_pope_answer
 from halign.rewards.toy_pope import summarize_by_kind
 
-KINDS = ("order", "order_absent", "still_there", "exists")
+KINDS = ("order", "order_absent", "still_there", "exists", "exists_partner")
 
 
 class ToyVideoChairMetric(ObjectHallucinationMetric):

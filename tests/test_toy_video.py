@@ -63,8 +63,10 @@ def test_temporal_answers_follow_the_tracks():
                 truth = stays[q["objects"][0]]
             else:
                 truth = q["objects"][0] in enter
+                if q["kind"] == "exists_partner":  # adversarial: a partner of a shape on screen, itself absent
+                    assert any(q["objects"][0] in CFG.world.partners[s] for s in enter) and not truth, (clip.id, q)
             assert q["answer"] == ("Yes" if truth else "No"), (clip.id, q)
-    assert kinds == {"order", "order_absent", "still_there", "exists"}
+    assert kinds == {"order", "order_absent", "still_there", "exists", "exists_partner"}
 
 
 def test_frames_show_the_tracks():

@@ -58,20 +58,22 @@ def test_question_accuracy_and_yes_ratio_per_kind():
         q("order_absent", "Does the square appear after the circle?", ["square", "circle"], "No"),
         q("still_there", "Is the star still there at the end of the video?", ["star"], "Yes"),
         q("exists", "Is there a star in the video?", ["star"], "Yes"),
-        q("exists", "Is there a cross in the video?", ["cross"], "No")])
+        q("exists", "Is there a cross in the video?", ["cross"], "No"),
+        q("exists_partner", "Is there a square in the video?", ["square"], "No")])
     references = {p["id"]: p for p in question_prompts([record])}
-    answers = ["Yes.", "Yes.", "Yes.", "No.", "Yes.", "No."]  # fooled by order and the absent partner
+    answers = ["Yes.", "Yes.", "Yes.", "No.", "Yes.", "No.", "No."]  # fooled by order and the absent partner
     report = metric_spec("toy_video_qa").build().score(
         [{"id": f"a-q{j}", "text": text} for j, text in enumerate(answers)], references)
     kinds, m = report["kinds"], report["metrics"]
-    assert list(kinds) == ["order", "order_absent", "still_there", "exists"]
+    assert list(kinds) == ["order", "order_absent", "still_there", "exists", "exists_partner"]
     assert kinds["order"] == {"accuracy": 0.5, "yes_ratio": 1.0, "n": 2}
     assert kinds["order_absent"] == {"accuracy": 0.0, "yes_ratio": 1.0, "n": 1}
     assert kinds["still_there"] == {"accuracy": 0.0, "yes_ratio": 0.0, "n": 1}
     assert kinds["exists"] == {"accuracy": 1.0, "yes_ratio": 0.5, "n": 2}
-    assert m["accuracy"] == pytest.approx((0.5 + 0 + 0 + 1) / 4) and m["yes_ratio"] == pytest.approx(2.5 / 4)
-    assert m["order_absent_accuracy"] == 0.0 and m["n"] == 6
-    assert [p["correct"] for p in report["per_item"]] == [True, False, False, False, True, True]
+    assert kinds["exists_partner"] == {"accuracy": 1.0, "yes_ratio": 0.0, "n": 1}
+    assert m["accuracy"] == pytest.approx((0.5 + 0 + 0 + 1 + 1) / 5) and m["yes_ratio"] == pytest.approx(2.5 / 5)
+    assert m["order_absent_accuracy"] == 0.0 and m["exists_partner_accuracy"] == 1.0 and m["n"] == 7
+    assert [p["correct"] for p in report["per_item"]] == [True, False, False, False, True, True, True]
 
 
 def test_registry_entries():

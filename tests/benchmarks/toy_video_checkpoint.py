@@ -76,10 +76,11 @@ def table(result: dict, build: dict) -> str:
                  for where, (named, cases) in result["partner_named"].items()),
              f"questions ({qa['metrics']['n']}): accuracy {qa['metrics']['accuracy']:.3f} (mean over kinds), "
              f"yes-ratio {qa['metrics']['yes_ratio']:.3f}",
-             "  kind           n   accuracy  yes-ratio  truth"]
-    truth = {"order": "half Yes", "order_absent": "all No", "still_there": "Yes if it stays", "exists": "half Yes"}
+             "  kind            n   accuracy  yes-ratio  truth"]
+    truth = {"order": "half Yes", "order_absent": "all No", "still_there": "Yes if it stays", "exists": "half Yes",
+             "exists_partner": "all No"}
     for kind, m in qa["kinds"].items():
-        lines.append(f"  {kind:<13} {m['n']:>3}   {m['accuracy']:.3f}     {m['yes_ratio']:.3f}      {truth.get(kind, '')}")
+        lines.append(f"  {kind:<14} {m['n']:>3}   {m['accuracy']:.3f}     {m['yes_ratio']:.3f}      {truth.get(kind, '')}")
     return "\n".join(lines)
 
 
