@@ -206,8 +206,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     # run the caller opened stays open.
     opens_wandb_run = reports_to_wandb(dpo_config) and open_wandb_run() is None
     result = trainer.train(resume_from_checkpoint=resume)
-    if opens_wandb_run and open_wandb_run() is not None:
-        open_wandb_run().finish()
+    if opens_wandb_run and (run := open_wandb_run()) is not None:
+        run.finish()
     trainer.save_model(str(out))  # gathers ZeRO-3 shards; writes on the main process only
     if not trainer.accelerator.is_main_process:
         return out

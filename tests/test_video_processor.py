@@ -19,6 +19,7 @@ from halign.align.video_processor import (
     CLIP_MEAN, CLIP_STD, build_video_inputs, process_video, smart_resize, video_config,
 )
 import tiny_models  # tests/ is on sys.path
+from video_clips import max_abs_diff, noise, smooth
 
 needs_torchvision = pytest.mark.skipif(
     not is_torchvision_available(),
@@ -31,18 +32,6 @@ VIDEO_PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>des
 
 def qwen_config(**overrides):
     return video_config(ImageOnlyVideoProcessor(video_processor_type="Qwen2VLVideoProcessor", **{**QWEN_SIZES, **overrides}))
-
-
-def noise(frames, height, width, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
-
-
-def smooth(frames, height, width):
-    """Gradients that move over time: resizing them exercises interpolation without aliasing noise."""
-    y, x = np.mgrid[0:height, 0:width]
-    clip = [np.stack([(x * 255 // max(width - 1, 1) + 9 * t) % 256, (y * 255 // max(height - 1, 1)),
-                      ((x + y + 5 * t) * 3) % 256], axis=-1) for t in range(frames)]
-    return np.stack(clip).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- Qwen, by hand
@@ -197,10 +186,6 @@ def test_llava_token_count_needs_the_processor():
 
 CLIPS = [("noise", noise(4, 32, 48)), ("noise-odd", noise(5, 45, 37, seed=1)), ("smooth", smooth(6, 50, 70)),
          ("small", smooth(2, 9, 13)), ("same-size", noise(2, 32, 32, seed=2))]
-
-
-def max_abs_diff(a, b):
-    return float((torch.as_tensor(a, dtype=torch.float32) - torch.as_tensor(b, dtype=torch.float32)).abs().max())
 
 
 @needs_torchvision

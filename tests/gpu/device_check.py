@@ -38,10 +38,10 @@ from pathlib import Path
 
 import torch
 
-from video_check import check_video_processor  # tests/gpu/, the script's own folder
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "benchmarks")]
+from video_check import check_video_processor  # noqa: E402  (tests/gpu/, the script's own folder; needs tests/)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

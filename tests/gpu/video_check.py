@@ -11,26 +11,16 @@ and records per clip the grid sizes, token counts and the largest absolute diffe
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from video_clips import max_abs_diff, noise, smooth  # tests/, on the path device_check.py sets
 
 
 def clips(smoke: bool) -> list[tuple[str, np.ndarray]]:
     """(name, T x H x W x 3 uint8): noise (every pixel matters) and a moving gradient (interpolation)."""
     shapes = [(4, 48, 64), (5, 45, 37)] if smoke else [(8, 360, 640), (16, 360, 640), (9, 336, 336)]
-    rng = np.random.default_rng(0)
-    found = []
-    for frames, height, width in shapes:
-        found.append((f"noise {frames}x{height}x{width}",
-                      rng.integers(0, 256, (frames, height, width, 3), dtype=np.uint8)))
-        y, x = np.mgrid[0:height, 0:width]
-        smooth = [np.stack([(x * 255 // (width - 1) + 9 * t) % 256, y * 255 // (height - 1),
-                            ((x + y + 5 * t) * 3) % 256], axis=-1) for t in range(frames)]
-        found.append((f"smooth {frames}x{height}x{width}", np.stack(smooth).astype(np.uint8)))
-    return found
-
-
-def max_abs_diff(a, b) -> float:
-    return float((torch.as_tensor(a, dtype=torch.float32) - torch.as_tensor(b, dtype=torch.float32)).abs().max())
+    return [clip for seed, (frames, height, width) in enumerate(shapes)
+            for clip in ((f"noise {frames}x{height}x{width}", noise(frames, height, width, seed)),
+                         (f"smooth {frames}x{height}x{width}", smooth(frames, height, width)))]
 
 
 def check_video_processor(smoke: bool) -> dict:
